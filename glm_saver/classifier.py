@@ -1,0 +1,132 @@
+"""ComplexityClassifier: how hard is the user's latest ask? (stable public API)
+
+    from glm_saver.classifier import ComplexityClassifier
+    verdict = ComplexityClassifier().classify(messages)
+    verdict.score    # 0..1, higher = needs the stronger model
+    verdict.label    # "simple" | "complex"
+    verdict.reasons  # short human-readable strings
+
+The score is a logistic squash of additive evidence: configured keywords (complex ones push up,
+simple ones pull down), the ask's length against `token_threshold`, and extra regex rules. Every
+piece of evidence that moved the score becomes a reason. A custom classifier is any object with the
+same `classify` method, named by dotted path in `glm_saver.classifier.custom`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from glm_saver.request import latest_ask
+from glm_saver.settings import ClassifierSettings, ConfigError
+from glm_saver.tokens import count_tokens
+
+Label = Literal["simple", "complex"]
+
+# With no evidence at all an ask leans simple: local is free and most chat turns are easy.
+_PRIOR = -1.0
+# An ask exactly `token_threshold` long adds enough to cross 0.5 on its own.
+_LENGTH_WEIGHT_AT_THRESHOLD = 1.6
+_LENGTH_WEIGHT_CAP = 3.0
+_CODE_FENCE = re.compile(r"```")
+
+
+@dataclass(frozen=True)
+class Classification:
+    score: float
+    label: Label
+    reasons: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    def classify(self, messages: list[dict[str, Any]]) -> Classification: ...
+
+
+def _keyword_pattern(keywords: Sequence[str]) -> re.Pattern[str] | None:
+    if not keywords:
+        return None
+    # Longest first so "race condition" wins over a shorter overlapping keyword.
+    alternatives = sorted((re.escape(word.lower()) for word in keywords), key=len, reverse=True)
+    return re.compile(r"(?<!\w)(" + "|".join(alternatives) + r")(?!\w)")
+
+
+class ComplexityClassifier:
+    """Rule-based complexity scorer over the user's latest ask."""
+
+    def __init__(self, settings: ClassifierSettings | None = None) -> None:
+        self.settings = settings or ClassifierSettings()
+        self._complex = {word.lower(): weight for word, weight in self.settings.complexity_keywords.items()}
+        self._simple = {word.lower(): weight for word, weight in self.settings.simple_keywords.items()}
+        self._complex_pattern = _keyword_pattern(list(self._complex))
+        self._simple_pattern = _keyword_pattern(list(self._simple))
+        self._rules = [
+            (re.compile(rule.pattern, re.IGNORECASE if rule.ignore_case else 0), rule.weight, rule.reason or f"rule /{rule.pattern}/")
+            for rule in self.settings.rules
+        ]
+
+    def classify(self, messages: list[dict[str, Any]]) -> Classification:
+        return self.classify_text(latest_ask(messages))
+
+    def classify_text(self, ask: str) -> Classification:
+        evidence: list[tuple[float, str]] = []
+        lowered = ask.lower()
+        evidence += self._keyword_evidence(lowered, self._complex_pattern, self._complex, sign=1.0, kind="complex keyword")
+        evidence += self._keyword_evidence(lowered, self._simple_pattern, self._simple, sign=-1.0, kind="simple keyword")
+        evidence += [(weight, reason) for pattern, weight, reason in self._rules if pattern.search(ask)]
+        evidence.append(self._length_evidence(ask))
+        if len(_CODE_FENCE.findall(ask)) >= 4:
+            evidence.append((0.8, "several code blocks"))
+        raw = _PRIOR + sum(weight for weight, _ in evidence)
+        score = 1.0 / (1.0 + math.exp(-raw))
+        label: Label = "complex" if score >= self.settings.threshold else "simple"
+        reasons = [f"{reason} ({weight:+.1f})" for weight, reason in sorted(evidence, key=lambda e: -abs(e[0])) if abs(weight) >= 0.05]
+        return Classification(score=round(score, 4), label=label, reasons=reasons or ["no complexity signals"])
+
+    @staticmethod
+    def _keyword_evidence(
+        text: str, pattern: re.Pattern[str] | None, weights: dict[str, float], sign: float, kind: str
+    ) -> list[tuple[float, str]]:
+        if pattern is None:
+            return []
+        found = dict.fromkeys(match.group(1) for match in pattern.finditer(text))
+        return [(sign * weights[word], f"{kind} '{word}'") for word in found]
+
+    def _length_evidence(self, ask: str) -> tuple[float, str]:
+        tokens = count_tokens(ask)
+        weight = min(_LENGTH_WEIGHT_CAP, _LENGTH_WEIGHT_AT_THRESHOLD * tokens / self.settings.token_threshold)
+        return (weight, f"ask is {tokens} tokens (threshold {self.settings.token_threshold})")
+
+
+def _takes_arguments(factory: Any) -> bool:
+    try:
+        return bool(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return False
+
+
+def load_custom(dotted_path: str, settings: ClassifierSettings) -> Classifier:
+    """Import `pkg.module.name`; a class or factory is called (with the settings if it takes them)."""
+    module_name, _, attribute = dotted_path.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"glm_saver.classifier.custom: {dotted_path!r} is not a dotted path like pkg.module.Name")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"glm_saver.classifier.custom: cannot load {dotted_path!r}: {err}") from None
+    if isinstance(target, type) or (callable(target) and not hasattr(target, "classify")):
+        target = target(settings) if _takes_arguments(target) else target()
+    if not callable(getattr(target, "classify", None)):
+        raise ConfigError(f"glm_saver.classifier.custom: {dotted_path!r} has no classify(messages) method")
+    return target
+
+
+def build_classifier(settings: ClassifierSettings) -> Classifier:
+    if settings.custom:
+        return load_custom(settings.custom, settings)
+    return ComplexityClassifier(settings)

@@ -1,0 +1,82 @@
+"""`glm-saver`: classify an ask, or validate a config without starting the proxy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from glm_saver.settings import ClassifierSettings, ConfigError, load_config_file, settings_from_config
+
+
+def _messages_from_input(text: str | None) -> list[dict[str, Any]]:
+    if text is not None and text != "-":
+        return [{"role": "user", "content": text}]
+    raw = sys.stdin.read()
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        return [{"role": "user", "content": raw}]
+    if isinstance(parsed, dict):
+        parsed = parsed.get("messages", [])
+    if not isinstance(parsed, list):
+        raise SystemExit("glm-saver classify: stdin must hold a messages list, a request body or plain text")
+    return parsed
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from glm_saver.classifier import build_classifier
+
+    settings = settings_from_config(load_config_file(args.config)).classifier if args.config else ClassifierSettings()
+    verdict = build_classifier(settings).classify(_messages_from_input(args.text))
+    if args.json:
+        print(json.dumps(asdict(verdict) if hasattr(verdict, "__dataclass_fields__") else vars(verdict)))
+    else:
+        print(f"{verdict.label}  score={verdict.score:.3f}  (threshold {settings.threshold})")
+        for reason in verdict.reasons:
+            print(f"  - {reason}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from glm_saver.classifier import build_classifier
+
+    settings = settings_from_config(load_config_file(args.path))
+    build_classifier(settings.classifier)
+    print(f"{args.path}: OK (strategy {settings.strategy}, entry models {', '.join(settings.entry_models)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm-saver", description="GLM Token Saver: local/Cerebras routing for LiteLLM")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    classify = commands.add_parser("classify", help="print the complexity verdict for an ask")
+    classify.add_argument("text", nargs="?", help="the ask; omit or '-' to read messages JSON (or text) from stdin")
+    classify.add_argument("--config", help="use the classifier settings of this litellm_config.yaml")
+    classify.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    classify.set_defaults(run=_classify)
+
+    check = commands.add_parser("check-config", help="validate a litellm_config.yaml without starting the proxy")
+    check.add_argument("path")
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Never reach for the network: LiteLLM would fetch its price map, the hub a tokenizer.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as err:
+        print(f"glm-saver: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Runs the real `litellm --config` proxy process with the shipped config pointed at fake upstreams."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIG = REPO / "litellm_config.yaml"
+MASTER_KEY = "sk-test-master-0123456789"
+CEREBRAS_KEY = "csk-test-secret-abcdef987654"
+STARTUP_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def litellm_executable() -> str:
+    candidate = Path(sys.executable).with_name("litellm")
+    return str(candidate) if candidate.exists() else "litellm"
+
+
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def proxy_config(local_url: str, *, local_window: int | None = None, cloud_window: int | None = None, **changes: Any) -> dict[str, Any]:
+    """The shipped config, with the local group pointed at `local_url` and `changes` merged in."""
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    for entry in config["model_list"]:
+        info = entry.setdefault("model_info", {})
+        if entry["model_name"] == "local":
+            entry["litellm_params"]["api_base"] = local_url
+            if local_window is not None:
+                info["max_input_tokens"] = local_window
+        elif cloud_window is not None:
+            info["max_input_tokens"] = cloud_window
+    return deep_merge(config, changes)
+
+
+@dataclass
+class Proxy:
+    """A running proxy: its URL, the log it writes, and how to stop it."""
+
+    directory: Path
+    cerebras_url: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "proxy.log"
+
+    def environment(self) -> dict[str, str]:
+        env = {name: value for name, value in os.environ.items() if not name.startswith(("OPENAI_", "CEREBRAS_"))}
+        env.update(
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            HF_HUB_OFFLINE="1",
+            LITELLM_MASTER_KEY=MASTER_KEY,
+            CEREBRAS_API_KEY=CEREBRAS_KEY,
+            CEREBRAS_API_BASE=self.cerebras_url,
+            **self.extra_env,
+        )
+        return env
+
+    def command(self, config: dict[str, Any]) -> list[str]:
+        """Lay out the config (and the hooks shim beside it, as users do) and return the command."""
+        shutil.copytree(REPO / "hooks", self.directory / "hooks", dirs_exist_ok=True)
+        config_path = self.directory / "litellm_config.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return [litellm_executable(), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def start(self, config: dict[str, Any]) -> Proxy:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(config),
+                cwd=self.directory,
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_until_live()
+        return self
+
+    def wait_until_live(self) -> None:
+        """Poll the liveliness route until it answers (readiness polling, not a fixed sleep)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/health/liveliness", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"proxy did not start in {STARTUP_TIMEOUT}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def run_proxy_until_exit(directory: Path, config: dict[str, Any], cerebras_url: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Start a proxy that is expected to refuse to start; return how it exited."""
+    proxy = Proxy(directory=directory, cerebras_url=cerebras_url)
+    return subprocess.run(
+        proxy.command(config),
+        cwd=directory,
+        env=proxy.environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,57 @@
+"""`glm-saver classify` and `glm-saver check-config` as a user runs them."""
+
+import io
+import json
+import sys
+
+import pytest
+import yaml
+
+from glm_saver.cli import main
+from tests import cline_shapes as cline
+from tests.e2e.proxy import SHIPPED_CONFIG
+
+
+def test_classify_text_prints_label_and_reasons(capsys) -> None:
+    assert main(["classify", "refactor the module to fix the race condition"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("complex")
+    assert "race condition" in out
+
+
+def test_classify_reads_a_cline_request_body_from_stdin(monkeypatch, capsys) -> None:
+    body = {"model": "glm-saver", "messages": cline.vscode_task("fix the typo in the title")}
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(body)))
+    assert main(["classify", "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["label"] == "simple"
+    assert set(verdict) == {"score", "label", "reasons"}
+
+
+def test_classify_uses_the_config_keywords(tmp_path, capsys) -> None:
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["glm_saver"]["classifier"]["complexity_keywords"] = {"frobnicate": 5.0}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["classify", "--config", str(path), "frobnicate it"]) == 0
+    assert capsys.readouterr().out.startswith("complex")
+
+
+def test_check_config_accepts_the_shipped_config(capsys) -> None:
+    assert main(["check-config", str(SHIPPED_CONFIG)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_check_config_names_the_bad_key(tmp_path, capsys) -> None:
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["glm_saver"]["strategy"] = "fastest"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check-config", str(path)]) == 2
+    assert "glm_saver.strategy" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["frobnicate"])
+    assert raised.value.code == 2

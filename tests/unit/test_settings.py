@@ -1,0 +1,67 @@
+"""A bad glm_saver section fails with a message naming the key; the shipped config is valid."""
+
+import pytest
+
+from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, parse_settings, settings_from_config
+from tests.e2e.proxy import SHIPPED_CONFIG
+
+
+def test_shipped_config_is_valid() -> None:
+    settings = settings_from_config(load_config_file(SHIPPED_CONFIG))
+    assert settings.strategy == "smart_routing"
+    assert settings.entry_models == ["glm-saver"]
+
+
+def test_empty_section_gives_defaults() -> None:
+    assert parse_settings(None) == GlmSaverSettings()
+
+
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ({"stratgy": "always_local"}, "glm_saver.stratgy: unknown key"),
+        ({"classifier": {"thresold": 0.4}}, "glm_saver.classifier.thresold: unknown key"),
+        ({"classifier": {"threshold": 1.5}}, "glm_saver.classifier.threshold"),
+        ({"classifier": {"token_threshold": 0}}, "glm_saver.classifier.token_threshold"),
+        ({"classifier": {"complexity_keywords": {"x": -1}}}, "glm_saver.classifier.complexity_keywords"),
+        ({"classifier": {"rules": [{"pattern": "(", "weight": 1}]}}, "glm_saver.classifier.rules.0.pattern"),
+        ({"strategy": "cheapest"}, "glm_saver.strategy"),
+        ({"entry_models": []}, "glm_saver.entry_models"),
+    ],
+)
+def test_bad_value_names_the_key(section: dict, named: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(section)
+    assert named in str(raised.value)
+
+
+@pytest.mark.parametrize("strategy", ["smart_speculative", "speculative_decoding", "parallel_speculative"])
+def test_speculative_strategies_are_a_clear_error_until_they_exist(strategy: str) -> None:
+    with pytest.raises(ConfigError, match="not available in this version"):
+        parse_settings({"strategy": strategy})
+
+
+def test_section_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        parse_settings(["strategy"])  # type: ignore[arg-type]
+
+
+def test_groups_must_exist_in_model_list() -> None:
+    config = {"model_list": [{"model_name": "local"}, {"model_name": "glm-saver"}], "glm_saver": {}}
+    with pytest.raises(ConfigError, match="glm_saver.cloud_group: cerebras not found in model_list"):
+        settings_from_config(config)
+
+
+def test_entry_model_cannot_be_a_routing_target() -> None:
+    config = {"model_list": [{"model_name": "local"}, {"model_name": "cerebras"}], "glm_saver": {"entry_models": ["local"]}}
+    with pytest.raises(ConfigError, match="glm_saver.entry_models"):
+        settings_from_config(config)
+
+
+def test_unreadable_and_invalid_yaml_are_config_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model_list: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config_file(broken)

@@ -1,0 +1,48 @@
+"""Routing policy: context-window safety first, then the override header, then the strategy."""
+
+import pytest
+
+from glm_saver.classifier import Classification
+from glm_saver.strategies import RequestTooLarge, Windows, decide
+
+WINDOWS = Windows(local=1000, cloud=100_000)
+
+
+def verdict(label: str) -> Classification:
+    return Classification(score=0.9 if label == "complex" else 0.1, label=label, reasons=["test"])
+
+
+def never_classify() -> Classification:
+    raise AssertionError("the classifier must not run for this decision")
+
+
+@pytest.mark.parametrize(("label", "route"), [("simple", "local"), ("complex", "cerebras")])
+def test_smart_routing_follows_the_classifier(label: str, route: str) -> None:
+    decision = decide("smart_routing", 10, WINDOWS, lambda: verdict(label))
+    assert (decision.route, decision.reason) == (route, f"classifier-{label}")
+
+
+@pytest.mark.parametrize(("strategy", "route"), [("always_local", "local"), ("always_cerebras", "cerebras")])
+def test_fixed_strategies_skip_the_classifier(strategy: str, route: str) -> None:
+    assert decide(strategy, 10, WINDOWS, never_classify).route == route
+
+
+@pytest.mark.parametrize("override", ["local", "cerebras"])
+def test_override_wins_over_the_strategy(override: str) -> None:
+    decision = decide("smart_routing", 10, WINDOWS, never_classify, override=override)
+    assert (decision.route, decision.reason) == (override, "override")
+
+
+def test_too_big_for_local_goes_to_cerebras_even_when_simple_or_overridden() -> None:
+    assert decide("smart_routing", 5000, WINDOWS, lambda: verdict("simple")).route == "cerebras"
+    decision = decide("always_local", 5000, WINDOWS, never_classify, override="local")
+    assert (decision.route, decision.reason) == ("cerebras", "context-window")
+
+
+def test_too_big_for_every_window_is_rejected() -> None:
+    with pytest.raises(RequestTooLarge, match="context window"):
+        decide("smart_routing", 200_000, WINDOWS, never_classify)
+
+
+def test_unknown_windows_never_block() -> None:
+    assert decide("always_local", 10**7, Windows(local=None, cloud=None), never_classify).route == "local"
