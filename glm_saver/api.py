@@ -27,7 +27,7 @@ def build_router(plugin: GlmSaver) -> APIRouter:
 
     @router.get(STATS_PATH, dependencies=[Depends(user_api_key_auth)])
     async def stats() -> dict[str, Any]:
-        return plugin.stats_snapshot()
+        return await plugin.stats_snapshot()
 
     return router
 

@@ -6,10 +6,16 @@
     verdict.label    # "simple" | "complex"
     verdict.reasons  # short human-readable strings
 
-The score is a logistic squash of additive evidence: configured keywords (complex ones push up,
-simple ones pull down), the ask's length against `token_threshold`, and extra regex rules. Every
-piece of evidence that moved the score becomes a reason. A custom classifier is any object with the
-same `classify` method, named by dotted path in `glm_saver.classifier.custom`.
+The score is a logistic squash of additive evidence from two sources:
+- the rules users configure: keywords (complex ones push up, simple ones pull down), the ask's
+  length against `token_threshold`, and extra regex rules;
+- a small learned model over cheap text features (glm_saver/learned.py, weights shipped in the
+  package), trained on top of the default rules to explain what they miss. It never scores the
+  words of the default keyword lists, so the rules keep full control of them.
+Every piece of evidence that moved the score becomes a reason. The label compares the score with
+`threshold`, or with the threshold that sends `target_cloud_share` of a traffic sample to the cloud.
+A custom classifier is any object with the same `classify` method, named by dotted path in
+`glm_saver.classifier.custom`.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from glm_saver.calibration import load_scores, threshold_for_share
+from glm_saver.learned import Contribution, LearnedModel, shipped_model
 from glm_saver.request import latest_ask
 from glm_saver.settings import ClassifierSettings, ConfigError
 from glm_saver.tokens import count_tokens
 
 Label = Literal["simple", "complex"]
 
-# With no evidence at all an ask leans simple: local is free and most chat turns are easy.
+# Rules only: with no evidence at all an ask leans simple (local is free, most chat turns are easy).
+# With the learned model its trained intercept takes this place.
 _PRIOR = -1.0
 # An ask exactly `token_threshold` long adds enough to cross 0.5 on its own.
 _LENGTH_WEIGHT_AT_THRESHOLD = 1.6
 _LENGTH_WEIGHT_CAP = 3.0
 _CODE_FENCE = re.compile(r"```")
+# Learned contributions smaller than this are not worth a reason; at most this many are listed.
+_MIN_LEARNED_REASON = 0.1
+_MAX_LEARNED_REASONS = 4
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,9 @@ def _keyword_pattern(keywords: Sequence[str]) -> re.Pattern[str] | None:
 
 
 class ComplexityClassifier:
-    """Rule-based complexity scorer over the user's latest ask."""
+    """Complexity scorer over the user's latest ask: configured rules plus the shipped learned model."""
 
-    def __init__(self, settings: ClassifierSettings | None = None) -> None:
+    def __init__(self, settings: ClassifierSettings | None = None, model: LearnedModel | None = None) -> None:
         self.settings = settings or ClassifierSettings()
         self._complex = {word.lower(): weight for word, weight in self.settings.complexity_keywords.items()}
         self._simple = {word.lower(): weight for word, weight in self.settings.simple_keywords.items()}
@@ -69,11 +81,32 @@ class ComplexityClassifier:
             (re.compile(rule.pattern, re.IGNORECASE if rule.ignore_case else 0), rule.weight, rule.reason or f"rule /{rule.pattern}/")
             for rule in self.settings.rules
         ]
+        self._model = (model or shipped_model()) if self.settings.learned_model else None
+        self.threshold = self.settings.threshold  # calibrating scores asks with classify(), which reads it
+        self.threshold = self._decision_threshold()
 
     def classify(self, messages: list[dict[str, Any]]) -> Classification:
         return self.classify_text(latest_ask(messages))
 
     def classify_text(self, ask: str) -> Classification:
+        score, evidence = self.score_text(ask)
+        label: Label = "complex" if score >= self.threshold else "simple"
+        shown = [(weight, reason) for weight, reason in evidence if abs(weight) >= 0.05]
+        reasons = [f"{reason} ({weight:+.1f})" for weight, reason in sorted(shown, key=lambda e: -abs(e[0]))]
+        return Classification(score=round(score, 4), label=label, reasons=reasons or ["no complexity signals"])
+
+    def score_text(self, ask: str) -> tuple[float, list[tuple[float, str]]]:
+        """The score of an ask and the evidence behind it (weights in logit units)."""
+        evidence = self.rule_evidence(ask)
+        raw = _PRIOR + sum(weight for weight, _ in evidence)
+        if self._model is not None:
+            bias, contributions = self._model.evidence(ask)
+            raw += bias - _PRIOR + sum(c.weight for c in contributions)
+            evidence += self._learned_reasons(contributions)
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, raw)))), evidence
+
+    def rule_evidence(self, ask: str) -> list[tuple[float, str]]:
+        """What the configured rules say about an ask: keywords, regex rules, length, code blocks."""
         evidence: list[tuple[float, str]] = []
         lowered = ask.lower()
         evidence += self._keyword_evidence(lowered, self._complex_pattern, self._complex, sign=1.0, kind="complex keyword")
@@ -82,11 +115,25 @@ class ComplexityClassifier:
         evidence.append(self._length_evidence(ask))
         if len(_CODE_FENCE.findall(ask)) >= 4:
             evidence.append((0.8, "several code blocks"))
-        raw = _PRIOR + sum(weight for weight, _ in evidence)
-        score = 1.0 / (1.0 + math.exp(-raw))
-        label: Label = "complex" if score >= self.settings.threshold else "simple"
-        reasons = [f"{reason} ({weight:+.1f})" for weight, reason in sorted(evidence, key=lambda e: -abs(e[0])) if abs(weight) >= 0.05]
-        return Classification(score=round(score, 4), label=label, reasons=reasons or ["no complexity signals"])
+        return evidence
+
+    @staticmethod
+    def _learned_reasons(contributions: list[Contribution]) -> list[tuple[float, str]]:
+        """The strongest learned contributions as reasons; the rest still count in the score."""
+        strongest = sorted(contributions, key=lambda c: -abs(c.weight))[:_MAX_LEARNED_REASONS]
+        return [(c.weight, f"learned: {c.reason}") for c in strongest if abs(c.weight) >= _MIN_LEARNED_REASON]
+
+    def _decision_threshold(self) -> float:
+        share = self.settings.target_cloud_share
+        if share is None:
+            return self.settings.threshold
+        if self.settings.calibration_file:
+            scores = load_scores(self.settings.calibration_file, self)
+        elif self._model is not None and self._model.reference_quantiles:
+            scores = self._model.reference_quantiles
+        else:
+            raise ConfigError("glm_saver.classifier.target_cloud_share: needs calibration_file when learned_model is off")
+        return threshold_for_share(scores, share)
 
     @staticmethod
     def _keyword_evidence(

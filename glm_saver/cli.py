@@ -31,11 +31,12 @@ def _classify(args: argparse.Namespace) -> int:
     from glm_saver.classifier import build_classifier
 
     settings = settings_from_config(load_config_file(args.config)).classifier if args.config else ClassifierSettings()
-    verdict = build_classifier(settings).classify(_messages_from_input(args.text))
+    classifier = build_classifier(settings)
+    verdict = classifier.classify(_messages_from_input(args.text))
     if args.json:
         print(json.dumps(asdict(verdict) if hasattr(verdict, "__dataclass_fields__") else vars(verdict)))
     else:
-        print(f"{verdict.label}  score={verdict.score:.3f}  (threshold {settings.threshold})")
+        print(f"{verdict.label}  score={verdict.score:.3f}  (threshold {getattr(classifier, 'threshold', settings.threshold)})")
         for reason in verdict.reasons:
             print(f"  - {reason}")
     return 0
@@ -63,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a litellm_config.yaml without starting the proxy")
     check.add_argument("path")
     check.set_defaults(run=_check_config)
+
+    from glm_saver.local_cli import add_commands as add_local_model_commands
+
+    add_local_model_commands(commands)  # local-model install|serve, up
+    from glm_saver.calibrate_cli import add_commands as add_calibrate_command
+
+    add_calibrate_command(commands)  # calibrate FILE.jsonl
+    from glm_saver.keys_cli import add_command as add_hash_key_command
+    from glm_saver.stats_cli import add_command as add_stats_command
+
+    add_hash_key_command(commands)  # hash-key KEY
+    add_stats_command(commands)  # stats [--url] [--key] [--json]
     return parser
 
 

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SECTION = "glm_saver"
 
-Strategy = Literal["smart_routing", "always_local", "always_cerebras"]
-# Named in the design, built in their own issue: configuring one must fail loudly, not fall back.
-NOT_YET_AVAILABLE = ("smart_speculative", "speculative_decoding", "parallel_speculative")
+Strategy = Literal[
+    "smart_routing", "always_local", "always_cerebras", "speculative_decoding", "parallel_speculative", "smart_speculative"
+]
 
 DEFAULT_COMPLEXITY_KEYWORDS: dict[str, float] = {
     "refactor": 1.5,
@@ -105,6 +105,23 @@ class ClassifierSettings(_Strict):
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="score at or above which an ask is complex")
     rules: list[RegexRule] = Field(default_factory=list)
     custom: str | None = Field(default=None, description="dotted path of a custom classifier object or factory")
+    learned_model: bool = Field(default=True, description="add the shipped learned model's evidence to the rules")
+    # An alternative to `threshold`: the threshold that sends this share of a traffic sample to the cloud.
+    target_cloud_share: float | None = Field(default=None, gt=0.0, lt=1.0, description="share of asks to send to the cloud")
+    calibration_file: str | None = Field(default=None, description="JSONL of past requests to calibrate target_cloud_share on")
+
+    @model_validator(mode="after")
+    def _one_way_to_set_the_threshold(self) -> ClassifierSettings:
+        if self.target_cloud_share is not None and "threshold" in self.model_fields_set:
+            raise ValueError("set either threshold or target_cloud_share, not both")
+        if self.target_cloud_share is not None and self.calibration_file is None and not self.learned_model:
+            raise ValueError("target_cloud_share needs calibration_file when learned_model is off (the shipped sample is the model's)")
+        if self.calibration_file is not None:
+            if self.target_cloud_share is None:
+                raise ValueError("calibration_file is only used with target_cloud_share")
+            if not Path(self.calibration_file).is_file():
+                raise ValueError(f"calibration_file {self.calibration_file!r} is not a readable file")
+        return self
 
     @field_validator("complexity_keywords", "simple_keywords")
     @classmethod
@@ -127,6 +144,74 @@ class ClassifierSettings(_Strict):
         return self
 
 
+class RateLimitSettings(_Strict):
+    """How Cerebras' rate limits are respected (see headroom.py)."""
+
+    enabled: bool = True
+    max_tokens_cap: int = Field(default=16384, ge=1, description="clamp max_tokens for Cerebras: it reserves them up front")
+    safety_margin: float = Field(default=0.05, ge=0.0, lt=1.0, description="share of the minute token limit left unused")
+    day_requests_reserve: int = Field(default=0, ge=0, description="go local when this many of the day's requests are left")
+    wait_for_reset_seconds: float = Field(default=0.0, ge=0.0, le=120.0, description="wait for a reset this close instead of going local")
+    default_retry_after: float = Field(default=60.0, gt=0.0, description="exhaustion after a 429 that names no retry-after")
+
+
+class SpeculativeSettings(_Strict):
+    """The draft/verify cascade of the speculative strategies (see speculative.py)."""
+
+    max_concurrent_drafts: int = Field(default=3, ge=1, le=8, description="drafts made at once by parallel_speculative and smart_speculative")
+    max_draft_tokens: int = Field(default=1024, ge=1, description="completion tokens a draft may use")
+    draft_timeout: float = Field(default=30.0, gt=0, description="seconds a draft may take; later drafts are dropped")
+    verify_timeout: float = Field(default=60.0, gt=0, description="seconds the Cerebras verify call may take")
+    draft_temperature: float | None = Field(default=0.7, ge=0, le=2, description="sampling temperature of parallel drafts (agreement needs variety)")
+    request_logprobs: bool = Field(default=True, description="ask the local server for token logprobs (llama.cpp, Ollama, vLLM send them)")
+    min_confidence: float = Field(default=0.8, ge=0, le=1, description="a draft this confident is the answer, no cloud call")
+    verify_min_confidence: float = Field(default=0.35, ge=0, le=1, description="below this Cerebras answers in full; between the two it verifies")
+    confidence_without_evidence: float = Field(default=0.5, ge=0, le=1, description="confidence of a draft with no agreement and no logprobs")
+    speculate_with_tools: bool = Field(default=False, description="also speculate on requests that carry tools (else routed as smart_routing)")
+    parallel_retry_seconds: float = Field(default=60.0, ge=0, description="after the local server refused parallel drafts, draft one at a time this long")
+
+    @model_validator(mode="after")
+    def _bands_ordered(self) -> SpeculativeSettings:
+        if self.verify_min_confidence > self.min_confidence:
+            raise ValueError(f"verify_min_confidence ({self.verify_min_confidence}) must not exceed min_confidence ({self.min_confidence})")
+        return self
+
+
+Period = Literal["daily", "weekly", "monthly", "none"]
+
+
+class BudgetSettings(_Strict):
+    """A spending limit (USD) over a period, with alerts as it fills up."""
+
+    limit_usd: float = Field(gt=0)
+    period: Period = "monthly"
+    alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0], min_length=1)
+    action: Literal["local", "reject"] = Field(default="local", description="at 100%: answer locally, or refuse with 429")
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _fractions(cls, thresholds: list[float]) -> list[float]:
+        if any(not 0 < t <= 1 for t in thresholds):
+            raise ValueError("alert thresholds are fractions of the limit in (0, 1]")
+        return sorted(set(thresholds))
+
+
+class ApiKeySettings(_Strict):
+    """A client key accepted by glm_saver's custom_auth (no LiteLLM database needed)."""
+
+    alias: str = Field(min_length=1)
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="`glm-saver hash-key KEY` prints it; the key itself is never stored")
+    budget: BudgetSettings | None = None
+    models: list[str] = Field(default_factory=list, description="model names this key may use; empty = all")
+
+
+class LoggingSettings(_Strict):
+    file: str | None = Field(default="glm-saver.log", description="rotating log file (relative to the config's folder); null: console only")
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    backup_count: int = Field(default=5, ge=0)
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class GlmSaverSettings(_Strict):
     """The whole `glm_saver:` section."""
 
@@ -136,13 +221,17 @@ class GlmSaverSettings(_Strict):
     cloud_group: str = "cerebras"
     override_header: str = "x-glm-saver-route"
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _strategy_available(cls, value: Any) -> Any:
-        if value in NOT_YET_AVAILABLE:
-            raise ValueError(f"strategy {value!r} is not available in this version (use smart_routing, always_local or always_cerebras)")
-        return value
+    speculative: SpeculativeSettings = Field(default_factory=SpeculativeSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # Where shared counters live. sqlite: the books survive restarts (headroom stays in memory);
+    # redis: several proxies share books and headroom; memory: nothing is kept.
+    state: Literal["sqlite", "memory", "redis"] = "sqlite"
+    sqlite_path: str = Field(default="glm-saver-books.sqlite", description="relative to the config's folder")
+    redis_url: str | None = Field(default=None, description="redis://...; default: LiteLLM's redis settings or REDIS_URL")
+    budget: BudgetSettings | None = Field(default=None, description="the global budget over all keys")
+    keys: list[ApiKeySettings] = Field(default_factory=list)
+    alert_webhook: str | None = Field(default=None, description="URL that budget alerts are POSTed to as JSON")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("override_header")
     @classmethod

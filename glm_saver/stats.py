@@ -19,6 +19,8 @@ class RoutingStats:
         self.fallbacks: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        self.rate_limit_shifts: Counter[str] = Counter()
+        self.cerebras_429s = 0
         self.plugin_errors = 0
 
     def record_decision(self, route: str, strategy: str, reason: str) -> None:
@@ -41,6 +43,14 @@ class RoutingStats:
         with self._lock:
             self.rejected[reason] += 1
 
+    def record_shift(self, reason: str) -> None:
+        with self._lock:
+            self.rate_limit_shifts[reason] += 1
+
+    def record_rate_limited(self) -> None:
+        with self._lock:
+            self.cerebras_429s += 1
+
     def record_plugin_error(self) -> None:
         with self._lock:
             self.plugin_errors += 1
@@ -57,5 +67,7 @@ class RoutingStats:
                 "fallbacks": dict(self.fallbacks),
                 "upstream_failures": dict(self.failures),
                 "rejected": dict(self.rejected),
+                "rate_limit_shifts": dict(self.rate_limit_shifts),
+                "cerebras_429s": self.cerebras_429s,
                 "plugin_errors": self.plugin_errors,
             }

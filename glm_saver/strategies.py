@@ -2,6 +2,8 @@
 
 The pure policy lives here so it can be read and tested without a proxy; the plugin applies it.
 Precedence: context-window safety, then the per-request override header, then the strategy.
+The speculative strategies decide only *whether* to run the draft/verify cascade (speculative.py):
+drafts are made locally, so a speculative decision routes "local" and the window check applies to it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ class Decision:
     reason: str  # low-cardinality code, counted in /stats
     detail: str  # human-readable, sent in x-glm-saver-reason
     score: float | None = None
+    speculate: bool = False  # run the draft/verify cascade instead of routing straight
+    # What the headers and /stats call the route when it is not plain `route` (draft-accepted,
+    # draft-verified, draft-corrected, cloud); `route` stays the group that serves the response.
+    label: str | None = None
+
+
+SPECULATIVE_STRATEGIES = frozenset({"speculative_decoding", "parallel_speculative", "smart_speculative"})
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,22 @@ def _other(route: Route) -> Route:
     return "cerebras" if route == "local" else "local"
 
 
-def _by_strategy(strategy: Strategy, classify: Callable[[], Classification]) -> Decision:
+def _speculative(strategy: Strategy, classify: Callable[[], Classification], has_tools: bool, speculate_with_tools: bool) -> Decision:
+    if has_tools and not speculate_with_tools:
+        routed = _by_strategy("smart_routing", classify)
+        return Decision(routed.route, routed.reason, f"{routed.detail}; tools are not speculated", routed.score)
+    if strategy != "smart_speculative":
+        return Decision("local", "speculative", f"strategy {strategy}", speculate=True)
+    verdict = classify()
+    top = "; ".join(verdict.reasons[:2])
+    if verdict.label == "simple":
+        return Decision("local", "classifier-simple", f"simple (score {verdict.score:.2f}: {top})", verdict.score)
+    return Decision("local", "speculative", f"complex (score {verdict.score:.2f}: {top})", verdict.score, speculate=True)
+
+
+def _by_strategy(strategy: Strategy, classify: Callable[[], Classification], has_tools: bool = False, speculate_with_tools: bool = False) -> Decision:
+    if strategy in SPECULATIVE_STRATEGIES:
+        return _speculative(strategy, classify, has_tools, speculate_with_tools)
     if strategy == "always_local":
         return Decision("local", "strategy", "strategy always_local")
     if strategy == "always_cerebras":
@@ -62,13 +86,20 @@ def decide(
     windows: Windows,
     classify: Callable[[], Classification],
     override: Route | None = None,
+    *,
+    has_tools: bool = False,
+    speculate_with_tools: bool = False,
 ) -> Decision:
     if not windows.fits("local", prompt_tokens) and not windows.fits("cerebras", prompt_tokens):
         raise RequestTooLarge(
             f"the prompt is about {prompt_tokens} tokens, more than every model's context window "
             f"(local {windows.local}, cerebras {windows.cloud}); shorten the conversation"
         )
-    wanted = Decision(override, "override", f"header asked for {override}") if override else _by_strategy(strategy, classify)
+    wanted = (
+        Decision(override, "override", f"header asked for {override}")
+        if override
+        else _by_strategy(strategy, classify, has_tools, speculate_with_tools)
+    )
     if windows.fits(wanted.route, prompt_tokens):
         return wanted
     window = windows.local if wanted.route == "local" else windows.cloud

@@ -41,10 +41,12 @@ def _fresh_upstream_records(request: pytest.FixtureRequest) -> None:
 def start_proxy(tmp_path_factory: pytest.TempPathFactory, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> Iterator[Callable[..., Proxy]]:
     started: list[Proxy] = []
 
-    def start(**changes: Any) -> Proxy:
+    def start(cerebras: FakeUpstream | None = None, **changes: Any) -> Proxy:
+        """A proxy with the shipped config and `changes` merged in, in front of the session's fakes
+        (or of another fake Cerebras)."""
         directory = Path(tmp_path_factory.mktemp("proxy"))
         config = proxy_config(local_upstream.url, local_window=LOCAL_WINDOW, cloud_window=CLOUD_WINDOW, **changes)
-        proxy = Proxy(directory=directory, cerebras_url=cerebras_upstream.url)
+        proxy = Proxy(directory=directory, cerebras_url=(cerebras or cerebras_upstream).url)
         started.append(proxy)
         return proxy.start(config)
 

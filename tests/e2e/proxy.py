@@ -66,7 +66,9 @@ class Proxy:
     cerebras_url: str
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    cerebras_key: str | None = CEREBRAS_KEY  # None: start with no CEREBRAS_API_KEY at all
     process: subprocess.Popen[bytes] | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # as last started
 
     @property
     def url(self) -> str:
@@ -82,10 +84,11 @@ class Proxy:
             LITELLM_LOCAL_MODEL_COST_MAP="True",
             HF_HUB_OFFLINE="1",
             LITELLM_MASTER_KEY=MASTER_KEY,
-            CEREBRAS_API_KEY=CEREBRAS_KEY,
             CEREBRAS_API_BASE=self.cerebras_url,
             **self.extra_env,
         )
+        if self.cerebras_key is not None:
+            env["CEREBRAS_API_KEY"] = self.cerebras_key
         return env
 
     def command(self, config: dict[str, Any]) -> list[str]:
@@ -96,6 +99,7 @@ class Proxy:
         return [litellm_executable(), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(self.port)]
 
     def start(self, config: dict[str, Any]) -> Proxy:
+        self.config = config
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(config),

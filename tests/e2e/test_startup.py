@@ -29,7 +29,7 @@ def test_fixed_strategies_route_everything_one_way(start_proxy: Callable[..., Pr
     ("section", "named"),
     [
         ({"classifier": {"thresold": 0.4}}, "glm_saver.classifier.thresold: unknown key"),
-        ({"strategy": "parallel_speculative"}, "glm_saver.strategy"),
+        ({"strategy": "speculative"}, "glm_saver.strategy"),
         ({"local_group": "ollama"}, "glm_saver.local_group: ollama not found in model_list"),
     ],
 )

@@ -36,9 +36,26 @@ def test_bad_value_names_the_key(section: dict, named: str) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["smart_speculative", "speculative_decoding", "parallel_speculative"])
-def test_speculative_strategies_are_a_clear_error_until_they_exist(strategy: str) -> None:
-    with pytest.raises(ConfigError, match="not available in this version"):
-        parse_settings({"strategy": strategy})
+def test_speculative_strategies_are_accepted_with_their_settings(strategy: str) -> None:
+    settings = parse_settings({"strategy": strategy, "speculative": {"max_concurrent_drafts": 2, "min_confidence": 0.9}})
+    assert settings.strategy == strategy
+    assert (settings.speculative.max_concurrent_drafts, settings.speculative.min_confidence) == (2, 0.9)
+    assert settings.speculative.speculate_with_tools is False
+
+
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ({"speculative": {"max_drafts": 2}}, "glm_saver.speculative.max_drafts: unknown key"),
+        ({"speculative": {"max_concurrent_drafts": 0}}, "glm_saver.speculative.max_concurrent_drafts"),
+        ({"speculative": {"draft_timeout": 0}}, "glm_saver.speculative.draft_timeout"),
+        ({"speculative": {"min_confidence": 0.3, "verify_min_confidence": 0.6}}, "verify_min_confidence (0.6) must not exceed min_confidence (0.3)"),
+    ],
+)
+def test_bad_speculative_setting_names_the_key(section: dict, named: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(section)
+    assert named in str(raised.value)
 
 
 def test_section_must_be_a_mapping() -> None:

@@ -1,0 +1,180 @@
+"""LiteLLM `custom_auth`: client keys from `glm_saver.keys`, so per-key budgets need no database.
+
+LiteLLM's own virtual keys need Postgres and Prisma's engines. These keys live in the config as
+sha256 hashes (`glm-saver hash-key KEY` prints one), each with an alias, an optional budget and
+the models it may use. Enable with `general_settings.custom_auth: glm_saver.auth.custom_auth`.
+
+- The proxy's master key is still accepted, as the admin it was (same identity LiteLLM gives it).
+- Configured keys may call the LLM API routes (chat, models, model info) and nothing else: `/stats`,
+  `/metrics` and LiteLLM's admin routes answer 403 (they show every key's spend).
+- An unknown or missing key answers 401 in OpenAI's error shape; the key is never echoed or logged.
+- With no master key and no configured keys the proxy stays open, as LiteLLM is without auth.
+
+`models` is returned in UserAPIKeyAuth.models; LiteLLM enforces it when
+`general_settings.custom_auth_run_common_checks` and `litellm_settings.enable_post_custom_auth_checks`
+are true (the shipped config sets both).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request, status
+from litellm.proxy._types import LiteLLMRoutes, LitellmUserRoles, ProxyErrorTypes, ProxyException, UserAPIKeyAuth
+
+from glm_saver.keys_cli import hash_key
+from glm_saver.settings import ApiKeySettings
+
+logger = logging.getLogger("glm_saver")
+
+METADATA_KEY = "glm_saver_key"
+# Routes a configured (non-admin) key may call besides LiteLLM's LLM API routes.
+_MODEL_LIST_ROUTES = frozenset({"/models", "/v1/models", *LiteLLMRoutes.model_info_routes.value})
+
+
+def _strip_bearer(presented: str | None) -> str:
+    key = (presented or "").strip()
+    return key[7:].strip() if key[:7].lower() == "bearer " else key
+
+
+def _refuse(message: str, code: int = status.HTTP_401_UNAUTHORIZED) -> ProxyException:
+    # LiteLLM renders a ProxyException as {"error": {"message", "type", "param", "code"}}.
+    return ProxyException(message=message, type=ProxyErrorTypes.auth_error, param="api_key", code=code)
+
+
+def _is_llm_route(route: str) -> bool:
+    from litellm.proxy.auth.route_checks import RouteChecks
+
+    return route in _MODEL_LIST_ROUTES or RouteChecks.is_llm_api_route(route=route)
+
+
+def _is_public_route(route: str) -> bool:
+    """LiteLLM's own public routes (`/`, `/routes`, ...) stay keyless: custom_auth runs before its check."""
+    from litellm.proxy.auth.auth_utils import route_in_additonal_public_routes
+
+    return route in LiteLLMRoutes.public_routes.value or route_in_additonal_public_routes(current_route=route)
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The keys the proxy accepts: configured client keys and the master key, all as sha256 hex."""
+
+    keys: tuple[ApiKeySettings, ...]
+    master_sha256: str | None = None
+    admin_user_id: str = "default_user_id"
+
+    @property
+    def open(self) -> bool:
+        """No master key and no keys: LiteLLM runs without auth, and so do we."""
+        return self.master_sha256 is None and not self.keys
+
+    def find(self, digest: str) -> ApiKeySettings | None:
+        """The configured key with this hash; every entry is compared (constant time, no early exit)."""
+        found = None
+        for entry in self.keys:
+            if hmac.compare_digest(entry.key_sha256, digest):
+                found = entry
+        return found
+
+    def is_master(self, digest: str) -> bool:
+        return self.master_sha256 is not None and hmac.compare_digest(self.master_sha256, digest)
+
+    def authorize(self, presented: str | None, route: str) -> UserAPIKeyAuth:
+        """What LiteLLM should know about the caller, or a ProxyException (401 / 403)."""
+        key = _strip_bearer(presented)
+        if _is_public_route(route):
+            return UserAPIKeyAuth(user_role=LitellmUserRoles.INTERNAL_USER_VIEW_ONLY)
+        if self.open:
+            return UserAPIKeyAuth(api_key=key or None, user_role=LitellmUserRoles.INTERNAL_USER)
+        if not key:
+            raise _refuse("Authentication Error: no API key was sent")
+        digest = hash_key(key)
+        if self.is_master(digest):
+            return self._admin()
+        entry = self.find(digest)
+        if entry is None:
+            raise _refuse("Authentication Error: invalid API key")
+        if not _is_llm_route(route):
+            raise _refuse(f"key '{entry.alias}' may only call the LLM API routes; {route} needs the master key", status.HTTP_403_FORBIDDEN)
+        return self._client(entry)
+
+    def _admin(self) -> UserAPIKeyAuth:
+        # The same identity LiteLLM gives its master key: an alias, never the key or its hash.
+        from litellm.constants import LITELLM_PROXY_MASTER_KEY_ALIAS
+
+        return UserAPIKeyAuth(api_key=LITELLM_PROXY_MASTER_KEY_ALIAS, user_role=LitellmUserRoles.PROXY_ADMIN, user_id=self.admin_user_id)
+
+    @staticmethod
+    def _client(entry: ApiKeySettings) -> UserAPIKeyAuth:
+        return UserAPIKeyAuth(
+            api_key=entry.key_sha256,  # LiteLLM's key id is the sha256 hex too: logs and metrics match the config
+            key_alias=entry.alias,
+            key_name=entry.alias,
+            user_role=LitellmUserRoles.INTERNAL_USER,
+            models=list(entry.models),
+            max_budget=entry.budget.limit_usd if entry.budget else None,
+            metadata={METADATA_KEY: entry.alias},
+        )
+
+
+# ---- the proxy's key ring, built once from its config ---------------------------------------------
+
+_lock = threading.Lock()
+_cached: tuple[str | None, KeyRing] | None = None
+_configured_keys: tuple[ApiKeySettings, ...] | None = None
+
+
+def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
+    """The config's keys, read once (the plugin instance is not needed: same file, same validation)."""
+    global _configured_keys
+    if _configured_keys is None:
+        from glm_saver.plugin import config_path
+        from glm_saver.settings import load_config_file, settings_from_config
+
+        _configured_keys = tuple(settings_from_config(load_config_file(config_path())).keys)
+        logger.info("glm_saver: custom_auth accepts %d configured key(s) and the master key", len(_configured_keys))
+    return _configured_keys
+
+
+def _proxy_master_key() -> tuple[str | None, str]:
+    """The master key the proxy resolved at start (general_settings.master_key or LITELLM_MASTER_KEY)."""
+    from litellm.proxy import proxy_server
+
+    master = getattr(proxy_server, "master_key", None)
+    return (master if isinstance(master, str) and master else None), getattr(proxy_server, "litellm_proxy_admin_name", "default_user_id")
+
+
+def proxy_key_ring() -> KeyRing:
+    global _cached
+    master, admin_user_id = _proxy_master_key()
+    cached = _cached
+    if cached is not None and cached[0] == master:
+        return cached[1]
+    with _lock:
+        ring = KeyRing(_keys_from_proxy_config(), hash_key(master) if master else None, admin_user_id)
+        _cached = (master, ring)
+    return ring
+
+
+def _route(request: Request) -> str:
+    from litellm.proxy.auth.auth_utils import get_request_route
+
+    return get_request_route(request=request)
+
+
+async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    """LiteLLM calls this for every authenticated route with the presented key, `Bearer ` stripped
+    (from `x-litellm-api-key` when sent, else `Authorization`)."""
+    return proxy_key_ring().authorize(api_key, _route(request))
+
+
+def reset_cache() -> None:
+    """Forget the cached keys (tests; a changed config needs a proxy restart anyway)."""
+    global _cached, _configured_keys
+    with _lock:
+        _cached, _configured_keys = None, None
+

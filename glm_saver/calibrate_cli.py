@@ -1,0 +1,67 @@
+"""`glm-saver calibrate FILE.jsonl`: the threshold that sends a chosen share of your traffic to the cloud."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from glm_saver.calibration import cloud_share, load_requests, threshold_for_share
+from glm_saver.settings import ClassifierSettings, load_config_file, settings_from_config
+
+DEFAULT_SHARE = 0.3
+TABLE_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from glm_saver.classifier import build_classifier
+
+    settings = settings_from_config(load_config_file(args.config)).classifier if args.config else ClassifierSettings()
+    target = args.target_cloud_share or settings.target_cloud_share or DEFAULT_SHARE
+    classifier = build_classifier(settings)
+    scores = [float(classifier.classify(messages).score) for messages in load_requests(args.file)]
+    threshold = threshold_for_share(scores, target)
+    current = float(getattr(classifier, "threshold", settings.threshold))
+    result: dict[str, Any] = {
+        "requests": len(scores),
+        "target_cloud_share": target,
+        "threshold": threshold,
+        "cloud_share_at_threshold": round(cloud_share(scores, threshold), 4),
+        "current_threshold": current,
+        "cloud_share_at_current_threshold": round(cloud_share(scores, current), 4),
+        "thresholds": {f"{share:.0%}": threshold_for_share(scores, share) for share in TABLE_SHARES},
+    }
+    print(json.dumps(result) if args.json else _describe(args.file, result))
+    return 0
+
+
+def _describe(path: str, result: dict[str, Any]) -> str:
+    lines = [
+        f"{path}: {result['requests']} requests scored",
+        f"threshold {result['threshold']} sends {result['cloud_share_at_threshold']:.1%} of them to the cloud (target {result['target_cloud_share']:.0%})",
+        f"the current threshold {result['current_threshold']} sends {result['cloud_share_at_current_threshold']:.1%}",
+        "  cloud share  threshold",
+        *(f"  {share:>11}  {threshold}" for share, threshold in result["thresholds"].items()),
+        "put under glm_saver.classifier in litellm_config.yaml either",
+        f"  threshold: {result['threshold']}",
+        "or, to recompute it from this file at every start,",
+        f"  target_cloud_share: {result['target_cloud_share']}",
+        f"  calibration_file: {path}",
+    ]
+    return "\n".join(lines)
+
+
+def add_commands(commands: Any) -> None:
+    calibrate = commands.add_parser("calibrate", help="the threshold that sends a share of past requests to the cloud")
+    calibrate.add_argument("file", help="JSONL of past requests: request bodies, messages lists or {\"text\": ...}")
+    calibrate.add_argument("--target-cloud-share", type=_share, help=f"share to send to the cloud (default: the config's, else {DEFAULT_SHARE})")
+    calibrate.add_argument("--config", help="score with the classifier settings of this litellm_config.yaml")
+    calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
+    calibrate.set_defaults(run=_calibrate)

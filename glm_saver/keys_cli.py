@@ -1,0 +1,31 @@
+"""`glm-saver hash-key`: the sha256 of a client key, for `glm_saver.keys[].key_sha256`.
+
+The config stores only the hash; the proxy hashes each presented key and compares (glm_saver.auth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+
+
+def hash_key(key: str) -> str:
+    """The sha256 hex digest of a key: what the config stores and what identifies the key in logs."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _run(args: argparse.Namespace) -> int:
+    key = args.key if args.key not in (None, "-") else sys.stdin.read()
+    key = key.strip()
+    if not key:
+        print("glm-saver hash-key: no key given (pass KEY, or pipe it on stdin)", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    command = commands.add_parser("hash-key", help="print the sha256 of a client key, for glm_saver.keys[].key_sha256")
+    command.add_argument("key", nargs="?", help="the key; omit or '-' to read it from stdin (keeps it out of shell history)")
+    command.set_defaults(run=_run)

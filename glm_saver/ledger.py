@@ -1,0 +1,132 @@
+"""The books: what every answer cost, and what always-Cerebras would have cost instead.
+
+One `Charge` per LiteLLM success event (client answers and the cascade's internal calls), priced
+with the prices configured in `model_list` (`model_info.input_cost_per_token` /
+`output_cost_per_token`). Tokens come from the answer's usage; a stream that reports 0 is counted
+from the text instead. Nothing of a request's content is kept: only names, counts and money.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from glm_saver.request import content_text, prompt_tokens
+from glm_saver.tokens import count_tokens
+
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per token, as configured for a model group."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    def cost(self, prompt: int, completion: int) -> float:
+        return prompt * self.input + completion * self.output
+
+
+def group_prices(config: Mapping[str, Any], group: str) -> Prices:
+    for entry in config.get("model_list") or []:
+        if entry.get("model_name") == group:
+            info = entry.get("model_info") or {}
+            return Prices(float(info.get("input_cost_per_token") or 0.0), float(info.get("output_cost_per_token") or 0.0))
+    return Prices()
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One answer in the books."""
+
+    group: str  # the model group that answered
+    route: str  # what the client was told (local, cerebras, draft-accepted, ...)
+    strategy: str
+    key: str  # who pays: a key alias or a short hash, never the key
+    role: str  # final (the client's answer), draft or verify (the cascade's internal calls)
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    cloud_cost: float  # what always-Cerebras would have cost for this (0 for internal calls)
+    counts_tokens: bool = True  # False for a cascade answer replayed from drafts already counted
+
+
+class Tally(BaseModel):
+    requests: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cloud_cost_usd: float = 0.0
+
+    def add(self, charge: Charge) -> None:
+        self.calls += 1
+        self.requests += charge.role == FINAL
+        if charge.counts_tokens:
+            self.prompt_tokens += charge.prompt_tokens
+            self.completion_tokens += charge.completion_tokens
+        self.cost_usd += charge.cost
+        self.cloud_cost_usd += charge.cloud_cost
+
+    def view(self) -> dict[str, Any]:
+        return {
+            **self.model_dump(),
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "savings_usd": self.cloud_cost_usd - self.cost_usd,
+        }
+
+
+class Books(BaseModel):
+    totals: Tally = Field(default_factory=Tally)
+    by_model: dict[str, Tally] = Field(default_factory=dict)
+    by_key: dict[str, Tally] = Field(default_factory=dict)
+    by_route: dict[str, Tally] = Field(default_factory=dict)
+    by_strategy: dict[str, Tally] = Field(default_factory=dict)
+    by_role: dict[str, Tally] = Field(default_factory=dict)
+
+    def add(self, charge: Charge) -> Books:
+        self.totals.add(charge)
+        for table, name in (
+            (self.by_model, charge.group),
+            (self.by_key, charge.key),
+            (self.by_route, charge.route),
+            (self.by_strategy, charge.strategy),
+            (self.by_role, charge.role),
+        ):
+            table.setdefault(name, Tally()).add(charge)
+        return self
+
+    def view(self) -> dict[str, Any]:
+        tables = ("by_model", "by_key", "by_route", "by_strategy", "by_role")
+        return {"totals": self.totals.view(), **{name: {k: t.view() for k, t in getattr(self, name).items()} for name in tables}}
+
+
+def answer_text(response: Any) -> str:
+    """The text of an answer (content and tool-call arguments), to count tokens a stream did not report."""
+    parts: list[str] = []
+    for choice in getattr(response, "choices", None) or []:
+        message = getattr(choice, "message", None) or getattr(choice, "delta", None)
+        if message is None:
+            continue
+        parts += content_text(getattr(message, "content", None))
+        for call in getattr(message, "tool_calls", None) or []:
+            function = getattr(call, "function", None)
+            parts += [getattr(function, "name", "") or "", getattr(function, "arguments", "") or ""]
+    return "".join(parts)
+
+
+def usage_tokens(kwargs: Mapping[str, Any], response: Any) -> tuple[int, int]:
+    """Prompt and completion tokens of an answer; a 0 that cannot be true is counted instead."""
+    usage = getattr(response, "usage", None)
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion = int(getattr(usage, "completion_tokens", 0) or 0)
+    if completion == 0:
+        completion = count_tokens(answer_text(response))
+    if prompt == 0:
+        messages = kwargs.get("messages")
+        prompt = prompt_tokens(messages if isinstance(messages, list) else [], (kwargs.get("optional_params") or {}).get("tools"))
+    return prompt, completion

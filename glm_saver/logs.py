@@ -1,0 +1,117 @@
+"""The plugin's log: the `glm_saver` logger to a rotating file and the console, secrets redacted.
+
+Levels follow the issue: INFO for routing decisions, WARNING for fallbacks, rate limits and budget
+alerts, ERROR for failures. Every record that reaches these handlers (the `glm_saver` logger and its
+children) passes `RedactSecrets` first, so a key that slips into a message, its arguments or a
+traceback is written as `[REDACTED]`. Prompt and answer text is never logged by the plugin; the
+filter cannot recognise it, so that rule is kept by the callers (and checked by the e2e tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+from glm_saver.settings import LoggingSettings
+
+LOGGER_NAME = "glm_saver"
+REDACTED = "[REDACTED]"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Marks the handlers configure_logging added, so a second call replaces them instead of stacking.
+_OURS = "_glm_saver_handler"
+SECRET_NAME_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+# Shorter env values ("1", "true", a port) are settings, not secrets; redacting them would mangle text.
+MIN_SECRET_LENGTH = 8
+
+_PATTERNS = (
+    # Authorization: Bearer <token>
+    (re.compile(r"(?i)\bbearer\s+[^\s'\",;]+"), f"Bearer {REDACTED}"),
+    # OpenAI-style and Cerebras keys: sk-..., sk-proj-..., csk-...
+    (re.compile(r"\b(?:sk|csk)-[A-Za-z0-9][A-Za-z0-9_\-]{5,}"), REDACTED),
+    # api_key=..., "api-key": "...", x-litellm-api-key: ...
+    (re.compile(r"(?i)(api[_-]?key['\"]?\s*[:=]\s*['\"]?)[^\s'\",;}]+"), rf"\g<1>{REDACTED}"),
+)
+
+
+def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of env vars whose name says they are secret (…KEY, …SECRET, …TOKEN, …PASSWORD)."""
+    environ = os.environ if environ is None else environ
+    values = {
+        value
+        for name, value in environ.items()
+        if any(word in name.upper() for word in SECRET_NAME_WORDS) and len(value) >= MIN_SECRET_LENGTH
+    }
+    return sorted(values, key=len, reverse=True)  # longest first: a value containing another goes whole
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites each record's text (message, arguments, traceback) with secrets replaced."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [secret for secret in secrets if secret]
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep the raw parts, still redacted
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+            record.exc_info = None  # the formatter would otherwise print the raw traceback again
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+def log_file_path(settings: LoggingSettings, config_dir: str | Path) -> Path | None:
+    """Where the log goes: `file` relative to the config's folder (None: console only)."""
+    if settings.file is None:
+        return None
+    path = Path(settings.file).expanduser()
+    return path if path.is_absolute() else Path(config_dir) / path
+
+
+def _handlers(settings: LoggingSettings, config_dir: str | Path) -> list[logging.Handler]:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    path = log_file_path(settings, config_dir)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(RotatingFileHandler(path, maxBytes=settings.max_bytes, backupCount=settings.backup_count, encoding="utf-8"))
+    return handlers
+
+
+def configure_logging(settings: LoggingSettings, config_dir: str | Path, environ: Mapping[str, str] | None = None) -> Path | None:
+    """Point the `glm_saver` logger at the console and the rotating file; returns the file's path.
+
+    Idempotent: a second call replaces the handlers of the first (a reloaded plugin logs once)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in [h for h in logger.handlers if getattr(h, _OURS, False)]:
+        logger.removeHandler(handler)
+        handler.close()
+    redactor = RedactSecrets(secret_env_values(environ))
+    formatter = logging.Formatter(FORMAT)
+    for handler in _handlers(settings, config_dir):
+        setattr(handler, _OURS, True)
+        handler.addFilter(redactor)  # on the handler: it sees child loggers' records too
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(settings.level)
+    # Ours are the only handlers: no second, unredacted copy through the root logger's handlers.
+    logger.propagate = False
+    return log_file_path(settings, config_dir)

@@ -1,0 +1,462 @@
+"""The draft/verify cascade of the speculative strategies (DESIGN.md, "Speculative decoding over
+chat APIs, honestly").
+
+    1..N drafts on the local group at once, each bounded by max_draft_tokens and draft_timeout
+    -> scored (draft_scoring.py) -> the best draft and its confidence
+    -> confidence >= min_confidence:        the draft is the answer, no cloud call    draft-accepted
+       confidence >= verify_min_confidence: one Cerebras call gets the draft and answers
+                                            ACCEPT (the draft stands)                 draft-verified
+                                            or the corrected answer                   draft-corrected
+       below:                               Cerebras answers the request itself       cloud
+
+An answer the cascade already holds goes back through LiteLLM as `mock_response` on the local
+group: LiteLLM streams it (SSE, usage chunk included) when the client asked for a stream, and prices
+it at 0. The internal calls that made it are logged by LiteLLM on their own, so they carry the
+caller's key fields and their role (draft / verify) in their metadata; their tokens and cost are
+counted per role here. A "cloud" answer is the client's request itself, re-routed to Cerebras
+(real streaming, LiteLLM's fallback to local), counted as the "final" role.
+
+Failures: no draft at all (local down, every draft failed) -> cloud; Cerebras failing, timing out,
+rate-limited or without headroom at verify time -> the best draft, with the reason in the headers.
+Parallel drafts that the local server refuses (429/503) fall back to one draft at a time for
+`parallel_retry_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from glm_saver.draft_scoring import DraftFacts, best_draft, score_drafts
+from glm_saver.request import RequestView
+from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
+from glm_saver.speculative_stats import SpeculativeStats
+from glm_saver.strategies import Decision
+
+logger = logging.getLogger("glm_saver")
+
+Band = Literal["accept", "verify", "cloud"]
+
+# Metadata key of the cascade's internal calls: {"role", "caller", "request_id"}.
+CALL_KEY = "glm_saver_call"
+# LiteLLM's fields naming the calling key, copied onto internal calls so its own logs attribute them.
+CALLER_KEYS = (
+    "user_api_key",
+    "user_api_key_hash",
+    "user_api_key_alias",
+    "user_api_key_user_id",
+    "user_api_key_team_id",
+    "user_api_key_org_id",
+    "user_api_key_end_user_id",
+)
+# Request parameters the internal calls keep (sampling, format, tools); never stream options.
+PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+)
+# A local server that cannot take more requests at once answers one of these.
+BUSY = frozenset({"rate-limited", "busy"})
+
+VERIFY_INSTRUCTION = (
+    "Below, between <draft> tags, is a draft answer to my last message above. If the draft is correct "
+    "and complete, reply with exactly ACCEPT and nothing else. Otherwise reply with the complete, "
+    "corrected answer to my last message, written as if you were answering it directly, without "
+    "mentioning the draft.\n\n<draft>\n{draft}\n</draft>"
+)
+_ACCEPTANCE = re.compile(r"[\W_]*accept(ed)?[\W_]*", re.IGNORECASE)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# What LiteLLM logs as the api_key of master-key requests (litellm.constants.LITELLM_PROXY_MASTER_KEY_ALIAS).
+_MASTER_KEY_ALIAS = "litellm_proxy_master_key"
+
+
+# ---- pure pieces --------------------------------------------------------------------------------
+
+
+def band(confidence: float, options: SpeculativeSettings) -> Band:
+    if confidence >= options.min_confidence:
+        return "accept"
+    if confidence >= options.verify_min_confidence:
+        return "verify"
+    return "cloud"
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """A field of a pydantic/OpenAI object or of a dict alike."""
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    function = _get(call, "function") or {}
+    return {
+        "id": _get(call, "id") or "",
+        "type": "function",
+        "function": {"name": _get(function, "name") or "", "arguments": _get(function, "arguments") or ""},
+    }
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One answer of an internal call (a draft, or Cerebras' verdict on one)."""
+
+    content: str | None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    finish_reason: str | None = None
+    logprobs: tuple[float, ...] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        if self.tool_calls:
+            calls = "\n".join(f"call tool {c['function']['name']} with arguments {c['function']['arguments']}" for c in self.tool_calls)
+            return f"{self.content or ''}\n{calls}".strip()
+        return self.content or ""
+
+    def facts(self) -> DraftFacts:
+        arguments = tuple(call["function"]["arguments"] for call in self.tool_calls)
+        return DraftFacts(self.text, self.finish_reason, self.logprobs, arguments)
+
+
+def draft_from_response(response: Any) -> Draft:
+    choices = _get(response, "choices") or []
+    if not choices:
+        return Draft(content=None)
+    choice = choices[0]
+    message = _get(choice, "message") or {}
+    entries = _get(_get(choice, "logprobs"), "content")
+    logprobs = tuple(float(_get(entry, "logprob")) for entry in entries if isinstance(_get(entry, "logprob"), (int, float))) if entries else None
+    usage = _get(response, "usage")
+    return Draft(
+        content=_get(message, "content"),
+        tool_calls=tuple(_tool_call(call) for call in _get(message, "tool_calls") or []),
+        finish_reason=_get(choice, "finish_reason"),
+        logprobs=logprobs or None,
+        prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
+        completion_tokens=int(_get(usage, "completion_tokens") or 0),
+    )
+
+
+def verify_messages(messages: Sequence[Mapping[str, Any]], draft: Draft) -> list[dict[str, Any]]:
+    """The conversation as the client sent it, plus one user turn asking Cerebras to check the draft."""
+    return [*copy.deepcopy(list(messages)), {"role": "user", "content": VERIFY_INSTRUCTION.format(draft=draft.text)}]
+
+
+def is_acceptance(verdict: Draft) -> bool:
+    return not verdict.tool_calls and bool(_ACCEPTANCE.fullmatch(verdict.content or ""))
+
+
+def _limit(asked: int | None, cap: int) -> int:
+    return cap if asked is None else max(1, min(asked, cap))
+
+
+def draft_params(data: Mapping[str, Any], view: RequestView, options: SpeculativeSettings, parallel: bool) -> dict[str, Any]:
+    params = {key: data[key] for key in PASSTHROUGH if data.get(key) is not None}
+    params["max_tokens"] = _limit(view.max_tokens, options.max_draft_tokens)
+    if parallel and options.draft_temperature is not None:
+        params["temperature"] = options.draft_temperature  # agreement means something only between varied drafts
+    if options.request_logprobs:
+        params["logprobs"] = True
+    return params
+
+
+def verify_params(data: Mapping[str, Any], view: RequestView, max_tokens_cap: int) -> dict[str, Any]:
+    params = {key: data[key] for key in PASSTHROUGH if data.get(key) is not None}
+    params["max_tokens"] = _limit(view.max_tokens, max_tokens_cap)  # Cerebras reserves it up front
+    return params
+
+
+def caller_label(metadata: Mapping[str, Any]) -> str:
+    """Who made a request, fit for /stats: the key's alias, else the start of LiteLLM's key hash.
+
+    LiteLLM logs a virtual key as its sha256 and the master key under a fixed alias; anything else
+    (a custom auth may hand over the raw key) is hashed here first, so no key ever shows.
+    """
+    alias = metadata.get("user_api_key_alias")
+    if isinstance(alias, str) and alias:
+        return alias
+    key = str(metadata.get("user_api_key_hash") or metadata.get("user_api_key") or "")
+    if not key:
+        return "unknown"
+    if key == _MASTER_KEY_ALIAS:
+        return "master-key"
+    digest = key if _SHA256.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
+    return f"key-{digest[:12]}"
+
+
+def call_metadata(data: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """Metadata of an internal call: who asked (LiteLLM's own key fields) and what the call is for."""
+    source = data.get("metadata") or {}
+    metadata = {key: source[key] for key in CALLER_KEYS if isinstance(source.get(key), (str, int, float))}
+    metadata[CALL_KEY] = {"role": role, "caller": caller_label(source), "request_id": data.get("litellm_call_id")}
+    return metadata
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A refused or dropped connection. LiteLLM reports it as a 500 ("Connection error."), so the
+    exception chain and LiteLLM's own message are checked, not the status."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            break
+        if "ConnectError" in type(seen).__name__ or "APIConnectionError" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "connection error" in str(error).lower()
+
+
+def failure_kind(error: BaseException) -> str:
+    """A short, prompt-free name for why an internal call failed."""
+    status = getattr(error, "status_code", None)
+    name = type(error).__name__
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name or status == 408:
+        return "timeout"
+    if status == 429 or "RateLimit" in name:
+        return "rate-limited"
+    if status == 503 or "ServiceUnavailable" in name:
+        return "busy"
+    if _unreachable(error):
+        return "unreachable"
+    return f"http-{status}" if isinstance(status, int) else name
+
+
+def group_prices(config: Mapping[str, Any], group: str) -> tuple[float, float]:
+    """(input, output) $ per token of the group's first deployment (model_info, else LiteLLM's map)."""
+    for entry in config.get("model_list") or []:
+        if entry.get("model_name") != group:
+            continue
+        info = dict(entry.get("model_info") or {})
+        if "input_cost_per_token" not in info or "output_cost_per_token" not in info:
+            import litellm
+
+            known = litellm.model_cost.get((entry.get("litellm_params") or {}).get("model", "")) or {}
+            info = {**known, **info}
+        return float(info.get("input_cost_per_token") or 0.0), float(info.get("output_cost_per_token") or 0.0)
+    return 0.0, 0.0
+
+
+def build_mock(answer: Draft, prompt_tokens: int) -> Any:
+    """The answer as a LiteLLM ModelResponse, with the usage a single call would have reported."""
+    import litellm
+
+    message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+    if answer.tool_calls:
+        message["tool_calls"] = [dict(call) for call in answer.tool_calls]
+    finish = answer.finish_reason or ("tool_calls" if answer.tool_calls else "stop")
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": answer.completion_tokens, "total_tokens": prompt_tokens + answer.completion_tokens}
+    return litellm.ModelResponse(choices=[{"index": 0, "message": message, "finish_reason": finish}], usage=usage)
+
+
+class ParallelGate:
+    """Whether to draft in parallel now: not for a while after the local server refused it."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self._until = float("-inf")
+
+    def allows(self) -> bool:
+        return self.clock() >= self._until
+
+    def refuse(self) -> None:
+        self._until = self.clock() + self.seconds
+
+
+# ---- the cascade --------------------------------------------------------------------------------
+
+
+def _router() -> Any:
+    from litellm.proxy import proxy_server
+
+    if proxy_server.llm_router is None:
+        raise RuntimeError("the LiteLLM router is not ready")
+    return proxy_server.llm_router
+
+
+class Speculator:
+    def __init__(
+        self,
+        settings: GlmSaverSettings,
+        config: Mapping[str, Any] | None = None,
+        cloud_exhausted: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = settings.speculative
+        self.stats = SpeculativeStats()
+        self.prices = group_prices(config or {}, settings.cloud_group)
+        self.gate = ParallelGate(self.options.parallel_retry_seconds)
+        self._cloud_exhausted = cloud_exhausted
+
+    def draft_count(self) -> int:
+        return 1 if self.settings.strategy == "speculative_decoding" else self.options.max_concurrent_drafts
+
+    async def answer(self, data: dict, view: RequestView, decision: Decision) -> Decision:
+        """Run the cascade for one request; sets `mock_response` when it holds the answer.
+
+        Returns the decision to apply: route "local" with a mock, or route "cerebras" (label
+        "cloud") for the request to be answered by Cerebras itself.
+        """
+        drafts, failures = await self._drafts(data, view)
+        if not drafts:
+            why = ", ".join(sorted(set(failures))) or "no answer"
+            return self._cloud("drafts-failed", f"no local draft ({why}); cerebras answers", decision)
+        scores = score_drafts([draft.facts() for draft in drafts], self.options.confidence_without_evidence)
+        index = best_draft(scores)
+        draft, score = drafts[index], scores[index]
+        summary = f"{score.summary()}; best of {len(drafts)} draft{'s' if len(drafts) > 1 else ''}"
+        chosen = band(score.confidence, self.options)
+        if chosen == "accept":
+            return self._with_draft(data, view, decision, draft, "draft-accepted", "confident", summary, spent=(0, 0))
+        if chosen == "cloud":
+            if await self._cloud_busy():
+                return self._with_draft(data, view, decision, draft, "draft-accepted", "cloud-unavailable", f"cerebras has no headroom; weak draft returned ({summary})", spent=(0, 0))
+            return self._cloud("low-confidence", f"{summary}; cerebras answers", decision)
+        return await self._verify(data, view, decision, draft, summary)
+
+    # -- drafts ---------------------------------------------------------------------------------
+
+    async def _drafts(self, data: dict, view: RequestView) -> tuple[list[Draft], list[str]]:
+        wanted = self.draft_count()
+        count = wanted if wanted == 1 or self.gate.allows() else 1
+        results = await asyncio.gather(*(self._draft(data, view, parallel=count > 1) for _ in range(count)), return_exceptions=True)
+        drafts, failures = self._split(results)
+        fell_back = count > 1 and any(kind in BUSY for kind in failures)
+        if fell_back:
+            # The local server cannot take drafts at once: one at a time for a while.
+            self.gate.refuse()
+            if not drafts:
+                drafts, more = self._split(await asyncio.gather(self._draft(data, view, parallel=False), return_exceptions=True))
+                failures += more
+        self.stats.record_drafts(len(drafts), failures, fell_back)
+        return drafts, failures
+
+    @staticmethod
+    def _split(results: Sequence[Any]) -> tuple[list[Draft], list[str]]:
+        drafts, failures = [], []
+        for result in results:
+            if isinstance(result, Draft):
+                drafts.append(result)
+            elif isinstance(result, Exception):
+                failures.append(failure_kind(result))
+                logger.warning("glm_saver: a local draft failed: %s", failure_kind(result))
+            else:
+                raise result  # CancelledError and friends: the request is going away
+        return drafts, failures
+
+    async def _draft(self, data: dict, view: RequestView, parallel: bool) -> Draft:
+        params = draft_params(data, view, self.options, parallel)
+        response = await self._call(self.settings.local_group, "draft", view.messages, params, self.options.draft_timeout, data)
+        return draft_from_response(response)
+
+    async def _call(self, group: str, role: str, messages: Sequence[Any], params: dict[str, Any], timeout: float, data: dict) -> Any:
+        call = _router().acompletion(
+            model=group,
+            messages=copy.deepcopy(list(messages)),
+            metadata=call_metadata(data, role),
+            disable_fallbacks=True,  # a draft must not come from Cerebras, nor a verify from local
+            num_retries=0,
+            timeout=timeout,
+            stream=False,
+            **params,
+        )
+        return await asyncio.wait_for(call, timeout)
+
+    # -- verify ---------------------------------------------------------------------------------
+
+    async def _cloud_busy(self) -> bool:
+        return self._cloud_exhausted is not None and await self._cloud_exhausted()
+
+    async def _verify(self, data: dict, view: RequestView, decision: Decision, draft: Draft, summary: str) -> Decision:
+        if await self._cloud_busy():
+            return self._with_draft(data, view, decision, draft, "draft-accepted", "verify-skipped", f"cerebras has no headroom; draft unverified ({summary})", spent=(0, 0))
+        params = verify_params(data, view, self.settings.rate_limits.max_tokens_cap)
+        try:
+            response = await self._call(self.settings.cloud_group, "verify", verify_messages(view.messages, draft), params, self.options.verify_timeout, data)
+            verdict = draft_from_response(response)
+            if not verdict.text.strip():
+                raise ValueError("empty verdict")
+        except Exception as err:
+            kind = "empty" if isinstance(err, ValueError) else failure_kind(err)
+            self.stats.record_verify(kind)
+            logger.warning("glm_saver: verify failed (%s); answering with the best draft", kind)
+            return self._with_draft(data, view, decision, draft, "draft-accepted", "verify-failed", f"cerebras {kind} during verify; draft unverified ({summary})", spent=(0, 0))
+        spent = (verdict.prompt_tokens, verdict.completion_tokens)
+        if is_acceptance(verdict):
+            self.stats.record_verify("verified")
+            return self._with_draft(data, view, decision, draft, "draft-verified", "verified", f"cerebras accepted the draft ({summary})", spent=spent)
+        self.stats.record_verify("corrected")
+        return self._with_draft(data, view, decision, verdict, "draft-corrected", "corrected", f"cerebras corrected the draft ({summary})", spent=spent, prompt_tokens=draft.prompt_tokens)
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _saving(self, prompt_tokens: int, answer_tokens: int, spent: tuple[int, int]) -> tuple[int, int, float, float]:
+        """Always-cloud (the prompt plus this answer) against what the cascade spent on Cerebras."""
+        price_in, price_out = self.prices
+        return (
+            prompt_tokens + answer_tokens,
+            spent[0] + spent[1],
+            prompt_tokens * price_in + answer_tokens * price_out,
+            spent[0] * price_in + spent[1] * price_out,
+        )
+
+    def _with_draft(
+        self,
+        data: dict,
+        view: RequestView,
+        decision: Decision,
+        answer: Draft,
+        label: str,
+        reason: str,
+        detail: str,
+        spent: tuple[int, int],
+        prompt_tokens: int | None = None,
+    ) -> Decision:
+        """Answer with text the cascade holds: a mock on the local group, priced 0 by LiteLLM."""
+        prompt = answer.prompt_tokens if prompt_tokens is None else prompt_tokens
+        data["mock_response"] = build_mock(answer, prompt or view.prompt_tokens)
+        self.stats.record_outcome(label, reason, self._saving(view.prompt_tokens, answer.completion_tokens, spent))
+        logger.info("glm_saver: speculative %s (%s)", label, reason)
+        return Decision("local", reason, detail, decision.score, label=label)
+
+    def _cloud(self, reason: str, detail: str, decision: Decision) -> Decision:
+        self.stats.record_outcome("cloud", reason)
+        logger.info("glm_saver: speculative cloud (%s)", reason)
+        return Decision("cerebras", reason, detail, decision.score, label="cloud")
+
+    # -- facts coming back ----------------------------------------------------------------------
+
+    def observe(self, kwargs: Mapping[str, Any], response: Any, tag: Mapping[str, Any] | None) -> None:
+        """Count the tokens and cost of a logged call: an internal draft/verify, or a cloud final."""
+        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+        call = metadata.get(CALL_KEY)
+        if isinstance(call, Mapping):
+            role, caller = str(call.get("role")), str(call.get("caller"))
+        elif isinstance(tag, Mapping) and tag.get("label") == "cloud":
+            role, caller = "final", caller_label(metadata)
+        else:
+            return
+        usage = _get(response, "usage")
+        cost = kwargs.get("response_cost")
+        self.stats.record_call(
+            role,
+            caller,
+            int(_get(usage, "prompt_tokens") or 0),
+            int(_get(usage, "completion_tokens") or 0),
+            float(cost) if isinstance(cost, (int, float)) else 0.0,
+        )

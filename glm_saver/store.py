@@ -1,0 +1,153 @@
+"""Where shared state lives: in memory for one proxy, in Redis for several behind a load balancer.
+
+Both stores offer the same two operations on a pydantic model kept under a key: read it, or apply
+a pure function to it atomically. Redis uses optimistic transactions (WATCH/MULTI), so the rules
+themselves are written once, in Python, and several proxies can never interleave an update.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from glm_saver.settings import ConfigError, GlmSaverSettings
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+
+KEY_PREFIX = "glm_saver:"
+# Shared state outlives a day's rate-limit window, not much more.
+REDIS_TTL_SECONDS = 2 * 24 * 3600
+
+
+class Store(Protocol, Generic[M]):
+    async def read(self, key: str) -> M: ...
+
+    async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R: ...
+
+
+class MemoryStore(Generic[M]):
+    def __init__(self, model: type[M]) -> None:
+        self._model = model
+        self._values: dict[str, M] = {}
+        self._lock = threading.Lock()  # log events may run on LiteLLM's worker threads
+
+    async def read(self, key: str) -> M:
+        with self._lock:
+            return self._values.get(key) or self._model()
+
+    async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
+        with self._lock:
+            value, result = change(self._values.get(key) or self._model())
+            self._values[key] = value
+            return result
+
+
+class RedisStore(Generic[M]):
+    def __init__(self, model: type[M], url: str, namespace: str) -> None:
+        import redis.asyncio as redis
+
+        self._model = model
+        self._client = redis.Redis.from_url(url, decode_responses=True)
+        self._namespace = namespace
+
+    def _key(self, key: str) -> str:
+        return f"{KEY_PREFIX}{self._namespace}:{key}"
+
+    def _parse(self, raw: str | None) -> M:
+        return self._model.model_validate_json(raw) if raw else self._model()
+
+    async def read(self, key: str) -> M:
+        return self._parse(await self._client.get(self._key(key)))
+
+    async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
+        from redis.exceptions import WatchError
+
+        full_key = self._key(key)
+        async with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(full_key)
+                    value, result = change(self._parse(await pipe.get(full_key)))
+                    pipe.multi()
+                    pipe.set(full_key, value.model_dump_json(), ex=REDIS_TTL_SECONDS)
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    continue  # another proxy changed it first: recompute on its value
+
+
+class SqliteStore(Generic[M]):
+    """One JSON document per key in an embedded SQLite file: survives restarts, and proxies on one
+    machine may share the file (BEGIN IMMEDIATE serialises their updates)."""
+
+    def __init__(self, model: type[M], path: Path, namespace: str) -> None:
+        self._model = model
+        self._namespace = namespace
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._lock = threading.Lock()
+
+    def _get(self, key: str) -> M:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (f"{self._namespace}:{key}",)).fetchone()
+        return self._model.model_validate_json(row[0]) if row else self._model()
+
+    async def read(self, key: str) -> M:
+        with self._lock:
+            return self._get(key)
+
+    async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                value, result = change(self._get(key))
+                self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (f"{self._namespace}:{key}", value.model_dump_json()))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+
+
+def _resolve_env(value: str) -> str | None:
+    return os.environ.get(value.removeprefix("os.environ/")) if value.startswith("os.environ/") else value
+
+
+def redis_url(settings: GlmSaverSettings, config: Mapping[str, Any]) -> str:
+    """glm_saver.redis_url, else LiteLLM's router_settings redis_*, else REDIS_URL / REDIS_HOST+PORT."""
+    if settings.redis_url:
+        url = _resolve_env(settings.redis_url)
+        if not url:
+            raise ConfigError(f"glm_saver.redis_url: {settings.redis_url} is not set in the environment")
+        return url
+    router = config.get("router_settings") or {}
+    host, port = router.get("redis_host"), router.get("redis_port")
+    if host and port:
+        password = _resolve_env(str(router["redis_password"])) if router.get("redis_password") else None
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}{_resolve_env(str(host))}:{_resolve_env(str(port))}"
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    if os.environ.get("REDIS_HOST") and os.environ.get("REDIS_PORT"):
+        return f"redis://{os.environ['REDIS_HOST']}:{os.environ['REDIS_PORT']}"
+    raise ConfigError("glm_saver.state: redis needs glm_saver.redis_url, router_settings.redis_host/redis_port or REDIS_URL")
+
+
+def build_store(
+    model: type[M], settings: GlmSaverSettings, config: Mapping[str, Any], namespace: str, sqlite_path: Path | None = None
+) -> Store[M]:
+    """Redis when configured; else SQLite where a path is given (state that must survive restarts);
+    else memory (state that is only worth a minute, like rate-limit headroom)."""
+    if settings.state == "redis":
+        return RedisStore(model, redis_url(settings, config), namespace)
+    if settings.state == "sqlite" and sqlite_path is not None:
+        return SqliteStore(model, sqlite_path, namespace)
+    return MemoryStore(model)

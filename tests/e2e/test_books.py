@@ -1,0 +1,228 @@
+"""The books end to end: costs at the configured prices, savings, budgets with alerts, persistence."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.proxy import MASTER_KEY, Proxy
+from tests.e2e.redis_server import running_redis
+from tests.fakes.upstream import FakeUpstream
+
+CEREBRAS_IN, CEREBRAS_OUT = 2.25e-6, 2.75e-6  # the shipped config's prices per token
+SIMPLE = "hello, what is a tuple?"
+COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"
+
+
+def ask(proxy: Proxy, text: str, *, stream: bool = False, **params: Any) -> httpx.Headers:
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=[{"role": "user", "content": text}], stream=stream, **params)
+    parsed = raw.parse()
+    if stream:
+        list(parsed)
+    return raw.headers
+
+
+def books(proxy: Proxy) -> dict[str, Any]:
+    return httpx.get(f"{proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]
+
+
+def cerebras_cost(prompt: int, completion: int) -> float:
+    return prompt * CEREBRAS_IN + completion * CEREBRAS_OUT
+
+
+def served_tokens(*upstreams: FakeUpstream) -> tuple[int, int]:
+    served = [answer for upstream in upstreams for answer in upstream.served]
+    return sum(a.prompt_tokens for a in served), sum(a.completion_tokens for a in served)
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
+    return start_proxy()
+
+
+@pytest.mark.parametrize(
+    ("text", "stream", "fault", "answered_by"),
+    [
+        (SIMPLE, False, None, "local"),
+        (SIMPLE, True, None, "local"),
+        (COMPLEX, False, None, "cerebras"),
+        (COMPLEX, True, None, "cerebras"),
+        (COMPLEX, False, "500", "local"),
+        (COMPLEX, True, "500", "local"),
+    ],
+    ids=["local", "local-stream", "cerebras", "cerebras-stream", "fallback", "fallback-stream"],
+)
+def test_each_request_costs_exactly_the_configured_price(
+    proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, text: str, stream: bool, fault: str | None, answered_by: str
+) -> None:
+    if fault:
+        cerebras_upstream.inject(fault)
+    before = books(proxy)["totals"]
+    # Streams ask for the usage chunk, as Cline does: then every upstream reports its own count.
+    headers = ask(proxy, text, stream=stream, stream_options={"include_usage": True} if stream else None)
+    after = books(proxy)["totals"]
+    assert headers["x-glm-saver-route"] == answered_by
+    upstream = cerebras_upstream if answered_by == "cerebras" else local_upstream
+    (answer,) = upstream.served
+    cost = cerebras_cost(answer.prompt_tokens, answer.completion_tokens) if answered_by == "cerebras" else 0.0
+    cloud_equivalent = cerebras_cost(answer.prompt_tokens, answer.completion_tokens)
+    assert after["requests"] - before["requests"] == 1
+    assert after["prompt_tokens"] - before["prompt_tokens"] == answer.prompt_tokens
+    assert after["completion_tokens"] - before["completion_tokens"] == answer.completion_tokens
+    assert after["cost_usd"] - before["cost_usd"] == pytest.approx(cost, rel=1e-9, abs=1e-15)
+    assert after["savings_usd"] - before["savings_usd"] == pytest.approx(cloud_equivalent - cost, rel=1e-9, abs=1e-15)
+
+
+def test_a_cerebras_stream_without_usage_is_counted_from_its_text(proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:
+    cerebras_upstream.configure(stream_usage=False)
+    try:
+        before = books(proxy)["by_model"].get("cerebras", {"completion_tokens": 0, "cost_usd": 0.0})
+        ask(proxy, COMPLEX, stream=True)
+        after = books(proxy)["by_model"]["cerebras"]
+    finally:
+        cerebras_upstream.configure(stream_usage=True)
+    (answer,) = cerebras_upstream.served
+    assert after["completion_tokens"] - before["completion_tokens"] == answer.completion_tokens > 0
+    assert after["cost_usd"] - before["cost_usd"] > 0
+
+
+def test_totals_equal_what_the_upstreams_served_and_are_split_by_model_route_and_strategy(
+    proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
+    before = books(proxy)
+    for text, stream in ((SIMPLE, False), (COMPLEX, True), (COMPLEX, False), (SIMPLE, True)):
+        ask(proxy, text, stream=stream, stream_options={"include_usage": True} if stream else None)
+    after = books(proxy)
+
+    def grew(table: str, name: str, field: str) -> float:
+        return after[table].get(name, {}).get(field, 0) - before[table].get(name, {}).get(field, 0)
+
+    local_prompt, local_completion = served_tokens(local_upstream)
+    cloud_prompt, cloud_completion = served_tokens(cerebras_upstream)
+    assert grew("by_model", "local", "prompt_tokens") == local_prompt
+    assert grew("by_model", "cerebras", "completion_tokens") == cloud_completion
+    assert after["totals"]["prompt_tokens"] - before["totals"]["prompt_tokens"] == local_prompt + cloud_prompt
+    assert grew("by_model", "cerebras", "cost_usd") == pytest.approx(cerebras_cost(cloud_prompt, cloud_completion), rel=1e-9)
+    assert grew("by_model", "local", "cost_usd") == 0
+    assert grew("by_model", "local", "savings_usd") == pytest.approx(cerebras_cost(local_prompt, local_completion), rel=1e-9)
+    assert (grew("by_route", "local", "requests"), grew("by_route", "cerebras", "requests")) == (2, 2)
+    assert grew("by_strategy", "smart_routing", "requests") == 4
+    assert grew("by_key", "master-key", "requests") == 4
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint that keeps the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.received.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.received
+
+
+@pytest.fixture()
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def metric(proxy: Proxy, series: str) -> float:
+    text = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
+    return values[0] if values else 0.0
+
+
+def spend_until_budget_is_gone(proxy: Proxy, limit: int = 20) -> None:
+    for _ in range(limit):
+        if ask(proxy, COMPLEX)["x-glm-saver-route"] == "local":
+            return
+    raise AssertionError("the budget never ran out")
+
+
+def test_budget_alerts_fire_once_each_then_local_answers_at_no_cost_and_spend_survives_a_restart(
+    start_proxy: Callable[..., Proxy], cerebras_upstream: FakeUpstream, webhook: WebhookReceiver
+) -> None:
+    # One complex ask costs about $0.00006 here: the budget lasts a few requests.
+    budget = {"limit_usd": 0.0002, "period": "daily", "action": "local"}
+    proxy = start_proxy(glm_saver={"budget": budget, "alert_webhook": webhook.url})
+    spend_until_budget_is_gone(proxy)
+    for _ in range(3):  # spending stops; nothing fires twice
+        headers = ask(proxy, COMPLEX)
+        assert headers["x-glm-saver-route"] == "local" and headers["x-glm-saver-reason"].startswith("budget")
+    used = books(proxy)["budgets"]["global"]
+    assert used["spent_usd"] >= 0.0002 and used["alerts_fired"] == [0.5, 0.8, 1.0]
+
+    alerts = webhook.wait_for(3)
+    assert sorted(alert["threshold"] for alert in alerts) == [0.5, 0.8, 1.0]
+    assert {alert["budget"] for alert in alerts} == {"global"}
+    for threshold in ("0.5", "0.8", "1"):
+        assert metric(proxy, f'glm_saver_budget_alerts_total{{budget="global",threshold="{threshold}"}}') == 1
+    log = proxy.log()
+    for percent in ("50%", "80%", "100%"):
+        assert log.count(f"budget global reached {percent}") == 1
+
+    cloud_requests = len(cerebras_upstream.requests)
+    cost_before = books(proxy)["totals"]["cost_usd"]
+    assert ask(proxy, COMPLEX)["x-glm-saver-route"] == "local"
+    assert books(proxy)["totals"]["cost_usd"] == cost_before
+    assert len(cerebras_upstream.requests) == cloud_requests
+
+    config = proxy.config
+    proxy.stop()
+    proxy.start(config)
+    assert books(proxy)["budgets"]["global"]["spent_usd"] == pytest.approx(used["spent_usd"])
+    assert ask(proxy, COMPLEX)["x-glm-saver-route"] == "local"
+
+
+def test_reject_action_answers_429_once_the_budget_is_spent(start_proxy: Callable[..., Proxy], cerebras_upstream: FakeUpstream) -> None:
+    proxy = start_proxy(glm_saver={"budget": {"limit_usd": 0.0001, "action": "reject"}})
+    with pytest.raises(openai.RateLimitError) as raised:
+        for _ in range(20):
+            ask(proxy, COMPLEX)
+    assert "budget global spent" in raised.value.body["message"]
+    served = len(cerebras_upstream.requests)
+    with pytest.raises(openai.RateLimitError):
+        ask(proxy, SIMPLE)
+    assert len(cerebras_upstream.requests) == served
+
+
+def test_two_proxies_on_one_redis_enforce_one_budget(tmp_path: Path, start_proxy: Callable[..., Proxy], cerebras_upstream: FakeUpstream) -> None:
+    with running_redis(tmp_path) as redis_url:
+        shared = {"glm_saver": {"state": "redis", "redis_url": redis_url, "budget": {"limit_usd": 0.0003, "action": "local"}}}
+        proxies = [start_proxy(**shared), start_proxy(**shared)]
+        routes = [ask(proxies[i % 2], COMPLEX)["x-glm-saver-route"] for i in range(12)]
+        first_local = routes.index("local")
+        assert set(routes[first_local:]) == {"local"}  # once spent, spent for both
+        spent = [books(p)["budgets"]["global"]["spent_usd"] for p in proxies]
+        assert spent[0] == spent[1] == pytest.approx(cerebras_cost(*served_tokens(cerebras_upstream)), rel=1e-9)
+        # Together they overshoot by at most the request that crossed the line, not one per proxy.
+        assert len(cerebras_upstream.served) == first_local

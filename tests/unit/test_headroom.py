@@ -1,0 +1,116 @@
+"""Headroom rules: reservations up front, readings from headers, 429 rests, window turnover."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from glm_saver.headroom import CloudHeadroom, HeaderReading, Quota, admit, exhausted, observe, rolled
+from glm_saver.settings import RateLimitSettings
+from glm_saver.store import MemoryStore
+
+SETTINGS = RateLimitSettings(safety_margin=0.0)
+NOW = 1_000_000.0
+
+
+def reading(remaining: int, reset: float = 30.0, limit: int = 60_000, day_left: int | None = None, retry_after: float | None = None) -> HeaderReading:
+    headers = {
+        "x-ratelimit-limit-tokens-minute": str(limit),
+        "x-ratelimit-remaining-tokens-minute": str(remaining),
+        "x-ratelimit-reset-tokens-minute": f"{reset:.2f}",
+    }
+    if day_left is not None:
+        headers |= {"x-ratelimit-limit-requests-day": "100", "x-ratelimit-remaining-requests-day": str(day_left), "x-ratelimit-reset-requests-day": "33011.382"}
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
+    return HeaderReading.from_headers(headers)
+
+
+def known(remaining: int, **kwargs: object) -> Quota:
+    return observe(Quota(), reading(remaining, **kwargs), NOW, SETTINGS)
+
+
+def test_headers_are_parsed_as_floats_with_or_without_litellm_prefix() -> None:
+    parsed = HeaderReading.from_headers({"llm_provider-x-ratelimit-reset-tokens-minute": "11.38", "X-RateLimit-Remaining-Tokens-Minute": "500", "retry-after": "bogus"})
+    assert (parsed.tokens_reset, parsed.tokens_remaining, parsed.retry_after) == (11.38, 500, None)
+
+
+def test_unknown_limits_admit_one_probe_at_a_time() -> None:
+    quota, first = admit(Quota(), 1000, NOW, SETTINGS)
+    _, second = admit(quota, 1000, NOW, SETTINGS)
+    assert first.admitted and not second.admitted and second.reason == "rate-limit-probe"
+
+
+def test_reservations_in_flight_count_against_the_remaining_budget() -> None:
+    quota = known(50_000)
+    quota, first = admit(quota, 20_000, NOW, SETTINGS)
+    quota, second = admit(quota, 20_000, NOW, SETTINGS)
+    quota, third = admit(quota, 20_000, NOW, SETTINGS)
+    assert (first.admitted, second.admitted, third.admitted) == (True, True, False)
+    assert third.reason == "rate-limit-tokens" and third.retry_in == pytest.approx(30.0)
+
+
+def test_safety_margin_keeps_a_share_of_the_limit_free() -> None:
+    quota = known(60_000)
+    _, refused = admit(quota, 58_000, NOW, RateLimitSettings(safety_margin=0.05))
+    _, taken = admit(quota, 57_000, NOW, RateLimitSettings(safety_margin=0.05))
+    assert (refused.admitted, taken.admitted) == (False, True)
+
+
+def test_an_answer_releases_its_reservation_and_brings_the_fresh_reading() -> None:
+    quota, admission = admit(known(50_000), 20_000, NOW, SETTINGS)
+    quota = observe(quota, reading(30_000, reset=29.0), NOW + 1, SETTINGS, admission.reservation)
+    assert (quota.reserved_tokens, quota.tokens_remaining) == (0, 30_000)
+
+
+def test_out_of_order_answers_keep_the_lowest_reading_of_the_window() -> None:
+    quota = observe(known(20_000, reset=30.0), reading(40_000, reset=29.5), NOW + 0.5, SETTINGS)
+    assert quota.tokens_remaining == 20_000
+
+
+def test_the_budget_returns_when_the_reset_time_passes() -> None:
+    quota, admission = admit(known(10_000, reset=5.0), 20_000, NOW, SETTINGS)
+    assert not admission.admitted
+    _, later = admit(quota, 20_000, NOW + 5.0, SETTINGS)
+    assert later.admitted
+
+
+def test_a_late_answer_from_a_finished_window_does_not_shrink_the_new_one() -> None:
+    quota = rolled(known(0, reset=5.0), NOW + 6)
+    # A stream whose headers arrived at NOW + 4.9 (0.1 s before the reset) is logged after the reset.
+    stale = observe(quota, reading(0, reset=0.1), NOW + 4.9, SETTINGS)
+    assert stale.tokens_remaining == 60_000
+
+
+def test_429_rests_cerebras_for_retry_after() -> None:
+    quota = observe(known(50_000), reading(0, retry_after=7), NOW, SETTINGS, rate_limited=True)
+    _, refused = admit(quota, 10, NOW + 6.9, SETTINGS)
+    assert (refused.admitted, refused.reason, quota.rate_limited) == (False, "rate-limit-429", 1)
+    assert exhausted(quota, NOW + 6.9) and not exhausted(quota, NOW + 7.1)
+
+
+def test_429_without_headers_rests_for_the_default() -> None:
+    quota = observe(Quota(), HeaderReading(), NOW, RateLimitSettings(default_retry_after=42), rate_limited=True)
+    assert quota.exhausted_until == NOW + 42
+
+
+def test_day_requests_nearly_spent_go_local_until_the_day_resets() -> None:
+    quota = known(60_000, day_left=3)
+    settings = RateLimitSettings(safety_margin=0.0, day_requests_reserve=2)
+    quota, first = admit(quota, 10, NOW, settings)
+    _, second = admit(quota, 10, NOW, settings)
+    assert first.admitted and not second.admitted and second.reason == "rate-limit-day"
+    assert second.retry_in == pytest.approx(33011.382)
+
+
+def test_memory_headroom_serialises_concurrent_admissions() -> None:
+    clock = lambda: NOW  # noqa: E731
+    headroom = CloudHeadroom(MemoryStore(Quota), SETTINGS, "cerebras", clock)
+
+    async def scenario() -> list[bool]:
+        await headroom.observe({"x-ratelimit-remaining-tokens-minute": "50000", "x-ratelimit-reset-tokens-minute": "30"})
+        admissions = await asyncio.gather(*(headroom.admit(10_000) for _ in range(8)))
+        return [a.admitted for a in admissions]
+
+    assert sum(asyncio.run(scenario())) == 5
