@@ -73,9 +73,10 @@ def median(values: list[float]) -> float:
 
 async def measure(direct: str, proxy: str, rounds: int, max_tokens: int) -> None:
     auth = {"authorization": f"Bearer {MASTER_KEY}"}
-    # llama-server closes idle keep-alive connections after 5 s, httpx after 5 s too: reusing one
-    # at that moment fails ("server disconnected"), so this client lets them go sooner.
-    async with httpx.AsyncClient(timeout=300, headers=auth, limits=httpx.Limits(keepalive_expiry=2.0)) as http:
+    # A fresh connection per request, on both paths: httpx reusing a kept-alive connection to
+    # llama-server fails now and then ("server disconnected without sending a response"; ~1 in 50
+    # requests here, even with a 2 s keep-alive expiry).
+    async with httpx.AsyncClient(timeout=300, headers=auth, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         targets = {"direct": (f"{direct}/v1/chat/completions", EMBEDDED_ALIAS), "proxy": (f"{proxy}/v1/chat/completions", "glm-saver")}
         await stream_once(http, *targets["direct"], 8)  # warm up both paths
         await stream_once(http, *targets["proxy"], 8)

@@ -89,7 +89,7 @@ def main() -> None:
     (work / "with").mkdir()
     (work / "without").mkdir()
     plain = proxy_config(fake_url)
-    plain["litellm_settings"]["callbacks"] = []
+    plain["litellm_settings"]["callbacks"] = ["prometheus"]  # everything but the plugin
     plain.pop("glm_saver")
     try:
         with_plugin.start(proxy_config(fake_url, glm_saver={"strategy": "smart_routing"}))

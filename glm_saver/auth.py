@@ -5,8 +5,8 @@ sha256 hashes (`glm-saver hash-key KEY` prints one), each with an alias, an opti
 the models it may use. Enable with `general_settings.custom_auth: glm_saver.auth.custom_auth`.
 
 - The proxy's master key is still accepted, as the admin it was (same identity LiteLLM gives it).
-- Configured keys may call the LLM API routes (chat, models, model info) and nothing else: `/stats`,
-  `/metrics` and LiteLLM's admin routes answer 403 (they show every key's spend).
+- Configured keys may call the LLM API routes (chat, models, model info) and nothing else: `/stats`
+  and LiteLLM's admin routes answer 403, `/metrics` 401 (they show every key's spend).
 - An unknown or missing key answers 401 in OpenAI's error shape; the key is never echoed or logged.
 - With no master key and no configured keys the proxy stays open, as LiteLLM is without auth.
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request, status
 from litellm.proxy._types import LiteLLMRoutes, LitellmUserRoles, ProxyErrorTypes, ProxyException, UserAPIKeyAuth
@@ -59,13 +57,15 @@ def _is_public_route(route: str) -> bool:
     return route in LiteLLMRoutes.public_routes.value or route_in_additonal_public_routes(current_route=route)
 
 
-@dataclass(frozen=True)
 class KeyRing:
     """The keys the proxy accepts: configured client keys and the master key, all as sha256 hex."""
 
-    keys: tuple[ApiKeySettings, ...]
-    master_sha256: str | None = None
-    admin_user_id: str = "default_user_id"
+    # A plain class, not a dataclass: LiteLLM may load this file by path, outside sys.modules,
+    # where @dataclass fails.
+    def __init__(self, keys: tuple[ApiKeySettings, ...], master_sha256: str | None = None, admin_user_id: str = "default_user_id") -> None:
+        self.keys = tuple(keys)
+        self.master_sha256 = master_sha256
+        self.admin_user_id = admin_user_id
 
     @property
     def open(self) -> bool:
@@ -137,7 +137,25 @@ def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
 
         _configured_keys = tuple(settings_from_config(load_config_file(config_path())).keys)
         logger.info("glm_saver: custom_auth accepts %d configured key(s) and the master key", len(_configured_keys))
+        _warn_if_models_unenforced(_configured_keys)
     return _configured_keys
+
+
+def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
+    """A key's `models` list is enforced by LiteLLM only with both flags on: say so if one is off."""
+    import litellm
+    from litellm.proxy import proxy_server
+
+    limited = [entry.alias for entry in keys if entry.models]
+    enforced = bool((proxy_server.general_settings or {}).get("custom_auth_run_common_checks")) and bool(
+        getattr(litellm, "enable_post_custom_auth_checks", False)
+    )
+    if limited and not enforced:
+        logger.warning(
+            "glm_saver: the models of key(s) %s are NOT enforced: set general_settings.custom_auth_run_common_checks "
+            "and litellm_settings.enable_post_custom_auth_checks to true",
+            ", ".join(limited),
+        )
 
 
 def _proxy_master_key() -> tuple[str | None, str]:
@@ -169,12 +187,9 @@ def _route(request: Request) -> str:
 async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     """LiteLLM calls this for every authenticated route with the presented key, `Bearer ` stripped
     (from `x-litellm-api-key` when sent, else `Authorization`)."""
-    return proxy_key_ring().authorize(api_key, _route(request))
+    # Started from the repo's folder, LiteLLM loads ./glm_saver/auth.py by path as a second copy of
+    # this module; the key ring is cached in the imported package module, the one copy.
+    from glm_saver import auth
 
-
-def reset_cache() -> None:
-    """Forget the cached keys (tests; a changed config needs a proxy restart anyway)."""
-    global _cached, _configured_keys
-    with _lock:
-        _cached, _configured_keys = None, None
+    return auth.proxy_key_ring().authorize(api_key, auth._route(request))
 

@@ -8,35 +8,26 @@ from the text instead. Nothing of a request's content is kept: only names, count
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from glm_saver import metrics
+from glm_saver.budgets import BudgetBook, BudgetUse, deliver
+from glm_saver.callers import caller_label
+from glm_saver.deployments import group_prices
 from glm_saver.request import content_text, prompt_tokens
+from glm_saver.settings import GlmSaverSettings
+from glm_saver.store import build_store
 from glm_saver.tokens import count_tokens
 
 FINAL = "final"
-
-
-@dataclass(frozen=True)
-class Prices:
-    """USD per token, as configured for a model group."""
-
-    input: float = 0.0
-    output: float = 0.0
-
-    def cost(self, prompt: int, completion: int) -> float:
-        return prompt * self.input + completion * self.output
-
-
-def group_prices(config: Mapping[str, Any], group: str) -> Prices:
-    for entry in config.get("model_list") or []:
-        if entry.get("model_name") == group:
-            info = entry.get("model_info") or {}
-            return Prices(float(info.get("input_cost_per_token") or 0.0), float(info.get("output_cost_per_token") or 0.0))
-    return Prices()
+# Metadata key of the speculative cascade's internal calls: {"role", "caller", "request_id"}.
+CALL_KEY = "glm_saver_call"
 
 
 @dataclass(frozen=True)
@@ -130,3 +121,55 @@ def usage_tokens(kwargs: Mapping[str, Any], response: Any) -> tuple[int, int]:
         messages = kwargs.get("messages")
         prompt = prompt_tokens(messages if isinstance(messages, list) else [], (kwargs.get("optional_params") or {}).get("tools"))
     return prompt, completion
+
+
+class Ledger:
+    """Books every answer at the configured prices and charges the budgets it falls under."""
+
+    def __init__(self, settings: GlmSaverSettings, config: Mapping[str, Any], state_dir: Path) -> None:
+        path = state_dir / settings.sqlite_path
+        self._books = build_store(Books, settings, config, namespace="books", sqlite_path=path)
+        self.budgets = BudgetBook(build_store(BudgetUse, settings, config, namespace="budgets", sqlite_path=path), settings)
+        groups = {settings.local_group, settings.cloud_group, *settings.entry_models}
+        self._prices = {group: group_prices(config, group) for group in groups}
+        self._cloud = group_prices(config, settings.cloud_group)
+        self._settings = settings
+        self._alert_tasks: set[asyncio.Task[None]] = set()
+
+    def keeps(self, group: str | None) -> bool:
+        return group in self._prices
+
+    def charge_of(self, kwargs: Mapping[str, Any], response: Any, tag: Mapping[str, Any] | None, group: str) -> Charge:
+        """The charge for one logged answer: a client's (tagged by the plugin, or direct) or internal."""
+        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+        call = metadata.get(CALL_KEY) if isinstance(metadata.get(CALL_KEY), Mapping) else None
+        role = str(call["role"]) if call else FINAL
+        prompt, completion = usage_tokens(kwargs, response)
+        tag = tag or {}
+        route = str(tag.get("label") or tag.get("route") or (role if call else "direct"))
+        return Charge(
+            group=group,
+            route=route,
+            strategy=str(tag.get("strategy") or self._settings.strategy),
+            key=str(call["caller"]) if call else caller_label(metadata),
+            role=role,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=self._prices[group].cost(prompt, completion),
+            cloud_cost=self._cloud.cost(prompt, completion) if role == FINAL else 0.0,
+            # A cascade answer replays drafts whose tokens their own calls already counted.
+            counts_tokens=not route.startswith("draft-"),
+        )
+
+    async def record(self, charge: Charge) -> None:
+        books = await self._books.update("books", lambda books: (books.add(charge), books))
+        metrics.SAVINGS.set(books.totals.cloud_cost_usd - books.totals.cost_usd)
+        if charge.counts_tokens:
+            metrics.TOKENS.labels(model=charge.group, kind="prompt").inc(charge.prompt_tokens)
+            metrics.TOKENS.labels(model=charge.group, kind="completion").inc(charge.completion_tokens)
+        metrics.COST.labels(model=charge.group).inc(charge.cost)
+        for alert in await self.budgets.charge(charge.key, charge.cost):
+            deliver(alert, self._settings.alert_webhook, self._alert_tasks)
+
+    async def describe(self) -> dict[str, Any]:
+        return {**(await self._books.read("books")).view(), "budgets": await self.budgets.describe()}

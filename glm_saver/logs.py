@@ -21,7 +21,7 @@ from glm_saver.settings import LoggingSettings
 
 LOGGER_NAME = "glm_saver"
 REDACTED = "[REDACTED]"
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORMAT = "%(asctime)s %(levelname)s %(message)s"  # messages start with "glm_saver: "
 # Marks the handlers configure_logging added, so a second call replaces them instead of stacking.
 _OURS = "_glm_saver_handler"
 SECRET_NAME_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")

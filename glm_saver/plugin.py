@@ -21,15 +21,15 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
 from glm_saver import metrics
-from glm_saver.budgets import BudgetBook, BudgetUse, deliver
-from glm_saver.ledger import FINAL, Books, Charge, Prices, group_prices, usage_tokens
+from glm_saver.callers import key_label
 from glm_saver.classifier import Classification, Classifier, build_classifier
+from glm_saver.deployments import Prices, api_key_configured, group_prices, group_window
 from glm_saver.headroom import Admission, CloudHeadroom, Quota, Reservation
+from glm_saver.ledger import Ledger
 from glm_saver.request import RequestView
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
 from glm_saver.speculative import Speculator
 from glm_saver.stats import RoutingStats
-from glm_saver.speculative import CALL_KEY, caller_label
 from glm_saver.store import build_store
 from glm_saver.strategies import ROUTES, Decision, RequestTooLarge, Route, Windows, decide
 
@@ -55,39 +55,6 @@ def _cloud_busy_error(admission: Admission) -> ProxyException:
 def _ascii_header(value: str) -> str:
     """HTTP header values must be latin-1; keep them plain ASCII and short."""
     return value.encode("ascii", "replace").decode("ascii").replace("\n", " ")[:300]
-
-
-def _group_window(config: Mapping[str, Any], group: str) -> int | None:
-    """Smallest max_input_tokens declared for the group's deployments (None if none is declared)."""
-    import litellm
-
-    windows = []
-    for entry in config.get("model_list") or []:
-        if entry.get("model_name") != group:
-            continue
-        info = entry.get("model_info") or {}
-        window = info.get("max_input_tokens")
-        if window is None:
-            window = (litellm.model_cost.get((entry.get("litellm_params") or {}).get("model", "")) or {}).get("max_input_tokens")
-        if isinstance(window, int) and window > 0:
-            windows.append(window)
-    return min(windows) if windows else None
-
-
-def _env_secret_present(config: Mapping[str, Any], group: str) -> bool:
-    """Whether the group's api_key resolves to something (without ever reading the value out)."""
-    for entry in config.get("model_list") or []:
-        if entry.get("model_name") == group:
-            key = (entry.get("litellm_params") or {}).get("api_key")
-            if isinstance(key, str) and key.startswith("os.environ/"):
-                return bool(os.environ.get(key.removeprefix("os.environ/")))
-            return bool(key)
-    return False
-
-
-def key_label(auth: Any) -> str:
-    """The paying key as the books name it (see caller_label): its alias, else a short hash."""
-    return caller_label({"user_api_key_alias": getattr(auth, "key_alias", None), "user_api_key_hash": getattr(auth, "api_key", None)})
 
 
 def _litellm_key_nearly_spent(auth: Any, view: RequestView, cloud: Prices) -> bool:
@@ -117,8 +84,8 @@ class GlmSaver(CustomLogger):
         config = config or {}
         self.settings = settings
         self.classifier: Classifier = build_classifier(settings.classifier)
-        self.windows = Windows(local=_group_window(config, settings.local_group), cloud=_group_window(config, settings.cloud_group))
-        self.cloud_configured = _env_secret_present(config, settings.cloud_group) if config else True
+        self.windows = Windows(local=group_window(config, settings.local_group), cloud=group_window(config, settings.cloud_group))
+        self.cloud_configured = api_key_configured(config, settings.cloud_group) if config else True
         self.stats = RoutingStats()
         self._groups: dict[Route, str] = {"local": settings.local_group, "cerebras": settings.cloud_group}
         # The entry models are Cerebras deployments too when the plugin is bypassed (shipped config).
@@ -127,13 +94,9 @@ class GlmSaver(CustomLogger):
         if settings.rate_limits.enabled:
             self.headroom = CloudHeadroom(build_store(Quota, settings, config, namespace="quota"), settings.rate_limits, key=settings.cloud_group)
         self.speculator = Speculator(settings, config, cloud_exhausted=self._cloud_unavailable)
-        books_path = (config_dir or Path.cwd()) / settings.sqlite_path
-        self.books = build_store(Books, settings, config, namespace="books", sqlite_path=books_path)
-        self.budgets = BudgetBook(build_store(BudgetUse, settings, config, namespace="budgets", sqlite_path=books_path), settings)
-        self._prices = {group: group_prices(config, group) for group in {settings.local_group, *self._cloud_groups}}
+        self.ledger = Ledger(settings, config, config_dir or Path.cwd())
         self._cloud_prices = group_prices(config, settings.cloud_group)
         self._config_key_aliases = frozenset(key.alias for key in settings.keys)
-        self._alert_tasks: set[asyncio.Task[None]] = set()
 
     # ---- the decision -------------------------------------------------------------------------
 
@@ -186,7 +149,7 @@ class GlmSaver(CustomLogger):
     async def _budget_decision(self, auth: Any, view: RequestView) -> Decision | None:
         """A spent budget decides on its own: `local` answers locally at no cost, `reject` refuses."""
         key = key_label(auth)
-        spent = await self.budgets.exhausted(key)
+        spent = await self.ledger.budgets.exhausted(key)
         if spent is not None:
             name, budget, use = spent
             detail = f"budget {name} spent (${use.spent_usd:.4f} of ${budget.limit_usd:.2f}, {budget.period})"
@@ -262,7 +225,8 @@ class GlmSaver(CustomLogger):
         shown = decision.label or decision.route
         self.stats.record_decision(shown, self.settings.strategy, decision.reason)
         metrics.REQUESTS.labels(route=shown, strategy=self.settings.strategy, reason=decision.reason).inc()
-        logger.info("glm_saver: %s -> %s (%s)", requested, shown, decision.detail)
+        # The reason code only: the detail may quote keywords of the user's ask.
+        logger.info("glm_saver: %s -> %s (%s, score %s)", requested, shown, decision.reason, decision.score)
 
     # ---- facts coming back --------------------------------------------------------------------
 
@@ -301,8 +265,8 @@ class GlmSaver(CustomLogger):
         if group in self._cloud_groups:
             await self._observe_cloud(kwargs.get("response_headers"), tag, rate_limited=False, received_at=_epoch(kwargs.get("completion_start_time")))
         self.speculator.observe(kwargs, response_obj, tag)  # tokens and cost of draft / verify / final calls
-        if group in self._prices:
-            await self._record(self._charge(kwargs, response_obj, tag, group))
+        if self.ledger.keeps(group):
+            await self.ledger.record(self.ledger.charge_of(kwargs, response_obj, tag, group))
         if tag is None:
             return
         answered = self._route_of_group(group) or str(group)
@@ -322,36 +286,6 @@ class GlmSaver(CustomLogger):
         what = "resting" if status == 429 and headers is None else str(status or type(error).__name__)
         self.stats.record_failure(self._route_of_group(group) or str(group), what)
         logger.warning("glm_saver: %s failed with %s; LiteLLM falls back if it can", group, status or type(error).__name__)
-
-    def _charge(self, kwargs: Mapping[str, Any], response: Any, tag: Mapping[str, Any] | None, group: str) -> Charge:
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        call = metadata.get(CALL_KEY) if isinstance(metadata.get(CALL_KEY), Mapping) else None
-        role = str(call["role"]) if call else FINAL
-        prompt, completion = usage_tokens(kwargs, response)
-        label = str((tag or {}).get("label") or (tag or {}).get("route") or ("direct" if call is None else role))
-        return Charge(
-            group=group,
-            route=label,
-            strategy=str((tag or {}).get("strategy") or self.settings.strategy),
-            key=str(call["caller"]) if call else caller_label(metadata),
-            role=role,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost=self._prices[group].cost(prompt, completion),
-            cloud_cost=self._cloud_prices.cost(prompt, completion) if role == FINAL else 0.0,
-            # A cascade answer replays drafts whose tokens their own calls already counted.
-            counts_tokens=not label.startswith("draft-"),
-        )
-
-    async def _record(self, charge: Charge) -> None:
-        books = await self.books.update("books", lambda books: (books.add(charge), books))
-        metrics.SAVINGS.set(books.totals.cloud_cost_usd - books.totals.cost_usd)
-        if charge.counts_tokens:
-            metrics.TOKENS.labels(model=charge.group, kind="prompt").inc(charge.prompt_tokens)
-            metrics.TOKENS.labels(model=charge.group, kind="completion").inc(charge.completion_tokens)
-        metrics.COST.labels(model=charge.group).inc(charge.cost)
-        for alert in await self.budgets.charge(charge.key, charge.cost):
-            deliver(alert, self.settings.alert_webhook, self._alert_tasks)
 
     async def _observe_cloud(
         self, headers: Mapping[str, Any] | None, tag: Mapping[str, Any] | None, rate_limited: bool, received_at: float | None = None
@@ -391,7 +325,7 @@ class GlmSaver(CustomLogger):
 
     async def stats_snapshot(self) -> dict[str, Any]:
         headroom = await self.headroom.describe() if self.headroom is not None else None
-        books = {**(await self.books.read("books")).view(), "budgets": await self.budgets.describe()}
+        books = await self.ledger.describe()
         return {
             "strategy": self.settings.strategy,
             "cerebras_configured": self.cloud_configured,
@@ -425,4 +359,7 @@ def plugin_from_proxy_config() -> GlmSaver:
         sys.stdout.flush()
         os._exit(2)
     install_routes(plugin)
+    from glm_saver.logs import configure_logging
+
+    configure_logging(plugin.settings.logging, Path(config_path()).resolve().parent)  # rotating file + console, redacted
     return plugin

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import logging
 import re
 import time
@@ -34,6 +33,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from glm_saver.callers import caller_label
+from glm_saver.ledger import CALL_KEY
+from glm_saver.deployments import group_prices
 from glm_saver.draft_scoring import DraftFacts, best_draft, score_drafts
 from glm_saver.request import RequestView
 from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
@@ -44,8 +46,6 @@ logger = logging.getLogger("glm_saver")
 
 Band = Literal["accept", "verify", "cloud"]
 
-# Metadata key of the cascade's internal calls: {"role", "caller", "request_id"}.
-CALL_KEY = "glm_saver_call"
 # LiteLLM's fields naming the calling key, copied onto internal calls so its own logs attribute them.
 CALLER_KEYS = (
     "user_api_key",
@@ -80,9 +80,6 @@ VERIFY_INSTRUCTION = (
     "mentioning the draft.\n\n<draft>\n{draft}\n</draft>"
 )
 _ACCEPTANCE = re.compile(r"[\W_]*accept(ed)?[\W_]*", re.IGNORECASE)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-# What LiteLLM logs as the api_key of master-key requests (litellm.constants.LITELLM_PROXY_MASTER_KEY_ALIAS).
-_MASTER_KEY_ALIAS = "litellm_proxy_master_key"
 
 
 # ---- pure pieces --------------------------------------------------------------------------------
@@ -183,24 +180,6 @@ def verify_params(data: Mapping[str, Any], view: RequestView, max_tokens_cap: in
     return params
 
 
-def caller_label(metadata: Mapping[str, Any]) -> str:
-    """Who made a request, fit for /stats: the key's alias, else the start of LiteLLM's key hash.
-
-    LiteLLM logs a virtual key as its sha256 and the master key under a fixed alias; anything else
-    (a custom auth may hand over the raw key) is hashed here first, so no key ever shows.
-    """
-    alias = metadata.get("user_api_key_alias")
-    if isinstance(alias, str) and alias:
-        return alias
-    key = str(metadata.get("user_api_key_hash") or metadata.get("user_api_key") or "")
-    if not key:
-        return "unknown"
-    if key == _MASTER_KEY_ALIAS:
-        return "master-key"
-    digest = key if _SHA256.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
-    return f"key-{digest[:12]}"
-
-
 def call_metadata(data: Mapping[str, Any], role: str) -> dict[str, Any]:
     """Metadata of an internal call: who asked (LiteLLM's own key fields) and what the call is for."""
     source = data.get("metadata") or {}
@@ -235,21 +214,6 @@ def failure_kind(error: BaseException) -> str:
     if _unreachable(error):
         return "unreachable"
     return f"http-{status}" if isinstance(status, int) else name
-
-
-def group_prices(config: Mapping[str, Any], group: str) -> tuple[float, float]:
-    """(input, output) $ per token of the group's first deployment (model_info, else LiteLLM's map)."""
-    for entry in config.get("model_list") or []:
-        if entry.get("model_name") != group:
-            continue
-        info = dict(entry.get("model_info") or {})
-        if "input_cost_per_token" not in info or "output_cost_per_token" not in info:
-            import litellm
-
-            known = litellm.model_cost.get((entry.get("litellm_params") or {}).get("model", "")) or {}
-            info = {**known, **info}
-        return float(info.get("input_cost_per_token") or 0.0), float(info.get("output_cost_per_token") or 0.0)
-    return 0.0, 0.0
 
 
 def build_mock(answer: Draft, prompt_tokens: int) -> Any:
@@ -407,7 +371,7 @@ class Speculator:
 
     def _saving(self, prompt_tokens: int, answer_tokens: int, spent: tuple[int, int]) -> tuple[int, int, float, float]:
         """Always-cloud (the prompt plus this answer) against what the cascade spent on Cerebras."""
-        price_in, price_out = self.prices
+        price_in, price_out = self.prices.input, self.prices.output
         return (
             prompt_tokens + answer_tokens,
             spent[0] + spent[1],

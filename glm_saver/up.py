@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from glm_saver.deployments import api_key_configured
 from glm_saver.local_model import Layout
 from glm_saver.local_server import OUTPUT_RESERVE, ServeOptions, server_command
 from glm_saver.processes import ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
@@ -168,8 +169,6 @@ def run(options: UpOptions) -> int:
 
 
 def _run(options: UpOptions, config: dict[str, Any], settings: GlmSaverSettings, key: str, supervisor: Supervisor) -> int:
-    from glm_saver.plugin import _env_secret_present
-
     try:
         configured = configured_local_base(config, settings)
         if configured and options.serve.embedded and answers(f"{configured}/models"):
@@ -179,7 +178,7 @@ def _run(options: UpOptions, config: dict[str, Any], settings: GlmSaverSettings,
             local = _start_embedded(options, supervisor)
             config_path = write_run_config(options, derive_config(config, settings, options.serve))
         _start_proxy(options, config_path, key, supervisor)
-        print(_summary(options, local, key, settings, _env_secret_present(config, settings.cloud_group)), flush=True)
+        print(_summary(options, local, key, settings, api_key_configured(config, settings.cloud_group)), flush=True)
         exited = supervisor.watch()
         raise exited.failure(f"exited with code {exited.process.returncode}")
     except Stopped:

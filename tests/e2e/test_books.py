@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -23,8 +24,8 @@ SIMPLE = "hello, what is a tuple?"
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"
 
 
-def ask(proxy: Proxy, text: str, *, stream: bool = False, **params: Any) -> httpx.Headers:
-    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+def ask(proxy: Proxy, text: str, *, stream: bool = False, key: str = MASTER_KEY, **params: Any) -> httpx.Headers:
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0, timeout=60)
     raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=[{"role": "user", "content": text}], stream=stream, **params)
     parsed = raw.parse()
     if stream:
@@ -226,3 +227,21 @@ def test_two_proxies_on_one_redis_enforce_one_budget(tmp_path: Path, start_proxy
         assert spent[0] == spent[1] == pytest.approx(cerebras_cost(*served_tokens(cerebras_upstream)), rel=1e-9)
         # Together they overshoot by at most the request that crossed the line, not one per proxy.
         assert len(cerebras_upstream.served) == first_local
+
+
+def test_per_key_budgets_stop_one_key_while_the_other_is_still_served_by_cerebras(start_proxy: Callable[..., Proxy]) -> None:
+    alice, bob = "sk-alice-budget-test-1111", "sk-bob-budget-test-2222"
+    keys = [
+        {"alias": "alice", "key_sha256": hashlib.sha256(alice.encode()).hexdigest(), "budget": {"limit_usd": 0.0001, "action": "local"}},
+        {"alias": "bob", "key_sha256": hashlib.sha256(bob.encode()).hexdigest(), "budget": {"limit_usd": 1.0}},
+    ]
+    proxy = start_proxy(glm_saver={"keys": keys})
+    routes = [ask(proxy, COMPLEX, key=alice)["x-glm-saver-route"] for _ in range(6)]
+    assert routes[0] == "cerebras" and routes[-1] == "local"
+    assert ask(proxy, COMPLEX, key=alice)["x-glm-saver-reason"].startswith("budget: budget key:alice spent")
+    assert ask(proxy, COMPLEX, key=bob)["x-glm-saver-route"] == "cerebras"
+    described = books(proxy)
+    assert described["budgets"]["key:alice"]["spent_usd"] >= 0.0001
+    assert described["by_key"]["bob"]["requests"] == 1 and described["by_key"]["alice"]["requests"] == 7
+    with pytest.raises(openai.AuthenticationError):
+        ask(proxy, SIMPLE, key="sk-nobody-0000")

@@ -1,0 +1,55 @@
+"""What `model_list` says about a model group: its prices, its context window, its API key."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per token."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    def cost(self, prompt: int, completion: int) -> float:
+        return prompt * self.input + completion * self.output
+
+
+def _entries(config: Mapping[str, Any], group: str) -> Iterator[Mapping[str, Any]]:
+    return (entry for entry in config.get("model_list") or [] if isinstance(entry, Mapping) and entry.get("model_name") == group)
+
+
+def _known(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """model_info over LiteLLM's bundled map for the deployment's model."""
+    import litellm
+
+    model = (entry.get("litellm_params") or {}).get("model", "")
+    return {**(litellm.model_cost.get(model) or {}), **(entry.get("model_info") or {})}
+
+
+def group_prices(config: Mapping[str, Any], group: str) -> Prices:
+    """The prices of the group's first deployment (model_info, else LiteLLM's map; unknown = free)."""
+    for entry in _entries(config, group):
+        info = _known(entry)
+        return Prices(float(info.get("input_cost_per_token") or 0.0), float(info.get("output_cost_per_token") or 0.0))
+    return Prices()
+
+
+def group_window(config: Mapping[str, Any], group: str) -> int | None:
+    """Smallest max_input_tokens of the group's deployments (None if none is known)."""
+    windows = [info["max_input_tokens"] for info in map(_known, _entries(config, group)) if isinstance(info.get("max_input_tokens"), int)]
+    return min(windows) if windows else None
+
+
+def api_key_configured(config: Mapping[str, Any], group: str) -> bool:
+    """Whether the group's api_key resolves to something (without ever reading the value out)."""
+    for entry in _entries(config, group):
+        key = (entry.get("litellm_params") or {}).get("api_key")
+        if isinstance(key, str) and key.startswith("os.environ/"):
+            return bool(os.environ.get(key.removeprefix("os.environ/")))
+        return bool(key)
+    return False
