@@ -28,9 +28,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glm_saver.local_server import EMBEDDED_ALIAS  # noqa: E402
-from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config  # noqa: E402
-from tests.e2e.proxy import MASTER_KEY, Proxy  # noqa: E402
+from glm_saver.local_server import EMBEDDED_ALIAS
+from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config
+from tests.e2e.proxy import MASTER_KEY, Proxy
 
 # A question the base model answers at length; the stop string may still end it early, so speed is
 # measured on the tokens actually generated (the usage chunk).

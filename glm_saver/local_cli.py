@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from glm_saver.local_model import InstallError, Layout, cache_dir, install
-from glm_saver.local_server import DEFAULT_PARALLEL, DEFAULT_PORT, DEFAULT_SLOT_CONTEXT, ServeOptions, server_command
+from glm_saver.local_server import (
+    DEFAULT_PARALLEL,
+    DEFAULT_PORT,
+    DEFAULT_SLOT_CONTEXT,
+    ServeOptions,
+    server_command,
+)
 from glm_saver.processes import ChildFailed
 
 EXIT_NEEDS_ACTION = 3

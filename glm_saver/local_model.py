@@ -178,7 +178,7 @@ def check_toolchain() -> None:
 def _run_logged(command: Sequence[str], log: TextIO, what: str, cwd: Path | None = None) -> None:
     log.write(f"\n$ {' '.join(command)}\n")
     log.flush()
-    finished = subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    finished = subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, check=False)
     if finished.returncode != 0:
         raise InstallError(f"{what} failed (exit {finished.returncode}); see {log.name}")
 
@@ -293,7 +293,7 @@ def _publish(layout: Layout) -> None:
     layout.server.parent.mkdir(parents=True, exist_ok=True)
     staging = layout.server.with_name("llama-server.partial")
     shutil.copy2(built, staging)
-    version = subprocess.run([str(staging), "--version"], capture_output=True, text=True, timeout=30)
+    version = subprocess.run([str(staging), "--version"], capture_output=True, text=True, timeout=30, check=False)
     if version.returncode != 0:
         raise InstallError(f"the built llama-server does not run: {(version.stdout + version.stderr).strip()[-500:]}")
     staging.replace(layout.server)

@@ -28,7 +28,15 @@ import yaml
 from glm_saver.deployments import api_key_configured
 from glm_saver.local_model import Layout
 from glm_saver.local_server import OUTPUT_RESERVE, ServeOptions, server_command
-from glm_saver.processes import ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
+from glm_saver.processes import (
+    ChildFailed,
+    Stopped,
+    Supervisor,
+    answers,
+    spawn,
+    stop_on_signals,
+    wait_until,
+)
 from glm_saver.settings import GlmSaverSettings, load_config_file, settings_from_config
 
 LOCAL_START_TIMEOUT = 120.0

@@ -84,7 +84,7 @@ class Tap:
         except asyncio.TimeoutError:
             pass  # give up holding; max_in_flight tells the test what happened
 
-    def __enter__(self) -> Tap:
+    def __enter__(self) -> Tap:  # noqa: PYI034 - Self needs Python 3.11
         app = Starlette(routes=[Route("/{path:path}", self._forward, methods=["GET", "POST"])])
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

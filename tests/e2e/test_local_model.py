@@ -120,7 +120,7 @@ def test_parallel_speculative_gets_three_real_drafts_with_logprobs_at_once(specu
 
 def test_install_twice_reuses_the_cache() -> None:
     layout = installed_layout()
-    finished = subprocess.run([sys.executable, "-m", "glm_saver.cli", "local-model", "install"], capture_output=True, text=True, timeout=120)
+    finished = subprocess.run([sys.executable, "-m", "glm_saver.cli", "local-model", "install"], capture_output=True, text=True, timeout=120, check=False)
     assert finished.returncode == 0, finished.stderr
     assert f"llama-server: {layout.server} (cached)" in finished.stdout
     assert f"model: {layout.model} (cached)" in finished.stdout
@@ -194,14 +194,19 @@ def up_workspace(tmp_path: Path) -> tuple[Path, Path]:
     return workspace, cache
 
 
-def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: tuple[Path, Path], tmp_path: Path) -> None:
-    workspace, cache = up_workspace
+def _launch_up(workspace: Path, cache: Path, output_path: Path) -> subprocess.Popen[bytes]:
+    """`glm-saver up` as a newcomer runs it: in the project directory, no Cerebras or master key."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("CEREBRAS_", "LITELLM_", "OPENAI_"))}
     env["GLM_SAVER_CACHE_DIR"] = str(cache)
-    output_path = tmp_path / "up.out"
     command = [sys.executable, "-m", "glm_saver.cli", "up", "--port", str(free_port()), "--local-port", str(free_port())]
     with output_path.open("wb") as output:
-        up = subprocess.Popen(command, cwd=workspace, env=env, stdout=output, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, cwd=workspace, env=env, stdout=output, stderr=subprocess.STDOUT)
+
+
+def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: tuple[Path, Path], tmp_path: Path) -> None:
+    workspace, cache = up_workspace
+    output_path = tmp_path / "up.out"
+    up = _launch_up(workspace, cache, output_path)
     children: set[int] = set()
     try:
         printed = _wait_for_output(output_path, up, "Press Ctrl-C to stop.", timeout=300)
@@ -223,6 +228,34 @@ def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: 
             httpx.get(f"{base_url.removesuffix('/v1')}/health/liveliness", timeout=2)
     finally:
         # Whatever happened above, leave nothing running for the next test.
+        for pid in [up.pid, *children]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        up.wait()
+
+
+def test_up_uses_a_local_server_that_already_answers(up_workspace: tuple[Path, Path], tmp_path: Path, local_upstream: FakeUpstream) -> None:
+    """A running Ollama (here the fake local server) wins: no llama-server is started."""
+    workspace, cache = up_workspace
+    config = yaml.safe_load((workspace / "litellm_config.yaml").read_text())
+    next(e for e in config["model_list"] if e["model_name"] == "local")["litellm_params"]["api_base"] = local_upstream.url
+    (workspace / "litellm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    output_path = tmp_path / "up.out"
+    up = _launch_up(workspace, cache, output_path)
+    children: set[int] = set()
+    try:
+        printed = _wait_for_output(output_path, up, "Press Ctrl-C to stop.", timeout=300)
+        children = _descendants(up.pid)
+        assert f"a local model server already answers at {local_upstream.url}" in printed
+        assert not any("llama-server" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in children)
+        base_url = _summary_value(printed, "or API provider: OpenAI Compatible", "base URL:")
+        client = openai.OpenAI(base_url=base_url, api_key=_summary_value(printed, "API key:", "API key:"), max_retries=0, timeout=60)
+        answer = client.chat.completions.create(model="glm-saver", messages=CAPITAL)
+        assert answer.choices[0].message.content == "Hello from local."
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=90) == 0
+        assert [pid for pid in children if _running(pid)] == []
+    finally:
         for pid in [up.pid, *children]:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -13,8 +13,22 @@ import pytest
 import yaml
 
 from glm_saver.cli import main
-from glm_saver.local_model import CMAKE_FLAGS, BuildProgress, InstallError, Layout, build_stamp, cache_dir, check_toolchain
-from glm_saver.local_server import EMBEDDED_ALIAS, QA_STOP, QA_TEMPLATE, ServeOptions, server_command
+from glm_saver.local_model import (
+    CMAKE_FLAGS,
+    BuildProgress,
+    InstallError,
+    Layout,
+    build_stamp,
+    cache_dir,
+    check_toolchain,
+)
+from glm_saver.local_server import (
+    EMBEDDED_ALIAS,
+    QA_STOP,
+    QA_TEMPLATE,
+    ServeOptions,
+    server_command,
+)
 from glm_saver.settings import settings_from_config
 from glm_saver.up import derive_config, master_key
 from tests.e2e.proxy import SHIPPED_CONFIG
