@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import yaml
 
 from glm_saver.local_model import Layout, cache_dir
 from glm_saver.local_server import ServeOptions
 from glm_saver.settings import settings_from_config
 from glm_saver.up import derive_config
-from tests.e2e.proxy import REPO, SHIPPED_CONFIG, free_port
+from tests.e2e.proxy import REPO, SHIPPED_CONFIG, free_port, stop_process, wait_for_http
 
 START_TIMEOUT = 120.0
 
@@ -65,24 +63,8 @@ class EmbeddedServer:
             command += ["--threads", str(self.threads)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"llama-server did not serve in {START_TIMEOUT}s:\n{self.log_path.read_text()[-3000:]}")
+        wait_for_http(self.process, f"{self.url}/health", self.log_path, START_TIMEOUT, "llama-server")
+        return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

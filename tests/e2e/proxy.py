@@ -34,6 +34,32 @@ def litellm_executable() -> str:
     return str(candidate) if candidate.exists() else "litellm"
 
 
+def wait_for_http(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float, what: str) -> None:
+    """Poll `url` until it answers 200 (readiness polling, not a fixed sleep); fail with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_process(process)
+    raise TimeoutError(f"{what} did not answer in {timeout}s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in changes.items():
@@ -112,29 +138,11 @@ class Proxy:
         return self
 
     def wait_until_live(self) -> None:
-        """Poll the liveliness route until it answers (readiness polling, not a fixed sleep)."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"proxy exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/health/liveliness", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"proxy did not start in {STARTUP_TIMEOUT}s:\n{self.log_path.read_text()[-4000:]}")
+        assert self.process is not None
+        wait_for_http(self.process, f"{self.url}/health/liveliness", self.log_path, STARTUP_TIMEOUT, "proxy")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
