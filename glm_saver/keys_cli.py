@@ -10,6 +10,9 @@ import hashlib
 import sys
 
 
+KEY_PREFIX = "sk-"
+
+
 def hash_key(key: str) -> str:
     """The sha256 hex digest of a key: what the config stores and what identifies the key in logs."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -20,6 +23,10 @@ def _run(args: argparse.Namespace) -> int:
     key = key.strip()
     if not key:
         print("glm-saver hash-key: no key given (pass KEY, or pipe it on stdin)", file=sys.stderr)
+        return 2
+    if not key.startswith(KEY_PREFIX):
+        # LiteLLM hashes a key in its failure logs and metrics only when it starts with sk-.
+        print(f"glm-saver hash-key: client keys must start with {KEY_PREFIX!r} (LiteLLM would log others in clear)", file=sys.stderr)
         return 2
     print(hash_key(key))
     return 0

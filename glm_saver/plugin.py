@@ -24,6 +24,7 @@ from glm_saver import metrics
 from glm_saver.callers import key_label
 from glm_saver.classifier import Classification, Classifier, build_classifier
 from glm_saver.deployments import Prices, api_key_configured, group_prices, group_window
+from glm_saver.failures import no_model_answered
 from glm_saver.headroom import Admission, CloudHeadroom, Quota, Reservation
 from glm_saver.ledger import Ledger
 from glm_saver.request import RequestView
@@ -32,6 +33,7 @@ from glm_saver.speculative import Speculator
 from glm_saver.stats import RoutingStats
 from glm_saver.store import build_store
 from glm_saver.strategies import ROUTES, Decision, RequestTooLarge, Route, Windows, decide
+from glm_saver.validation import request_problem
 
 logger = logging.getLogger("glm_saver")
 
@@ -103,6 +105,7 @@ class GlmSaver(CustomLogger):
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> dict:
         if call_type not in CHAT_CALL_TYPES or data.get("model") not in self.settings.entry_models:
             return data
+        self._validate(data)
         override = self._override(data)
         try:
             view = RequestView.from_data(data)
@@ -124,6 +127,18 @@ class GlmSaver(CustomLogger):
             return data
         self._apply(data, decision, reservation)
         return data
+
+    def _validate(self, data: Mapping[str, Any]) -> None:
+        """A malformed request is a 400 here, before any model sees it (a bug in the check fails open)."""
+        try:
+            problem = request_problem(data)
+        except Exception:
+            logger.exception("glm_saver: request validation failed; passing the request on unchecked")
+            self.stats.record_plugin_error()
+            return
+        if problem is not None:
+            self.stats.record_rejection("invalid-request")
+            raise _client_error(problem.message, param=problem.param)
 
     def decide(self, view: RequestView, override: Route | None = None) -> Decision:
         decision = decide(
@@ -271,6 +286,13 @@ class GlmSaver(CustomLogger):
             return
         answered = self._route_of_group(group) or str(group)
         self.stats.record_answer(answered, tag["route"] if answered != tag["route"] else None)
+
+    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
+        """Every model of a routed request unreachable or too slow: a 503/504, not LiteLLM's 500/408."""
+        tag = (request_data.get("metadata") or {}).get(METADATA_KEY)
+        if not isinstance(tag, Mapping):
+            return None
+        return no_model_answered(original_exception, f"{tag['route']} and its fallback")
 
     async def async_log_failure_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:
         tag, group = _event_facts(kwargs)

@@ -21,7 +21,7 @@ from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 
 ALPHA = "sk-alpha-e2e-5b0d2f7c91"
-BETA = "beta-e2e-no-prefix-3c8e61aa"  # keys need not look like sk-...
+BETA = "sk-beta-e2e-3c8e61aa"
 UNKNOWN = "sk-unknown-e2e-77aa01"
 PROMPT = "PROMPT-MARKER-q7z: what is a tuple"
 KEYS = [
@@ -139,14 +139,30 @@ def test_no_key_and_no_prompt_text_in_the_logs_or_stats(keyed_proxy: Proxy, cere
     assert (fell_back.status_code, fell_back.headers["x-glm-saver-route"]) == (200, "local")
     assert _chat(keyed_proxy, {"authorization": f"Bearer {UNKNOWN}"}).status_code == 401
     assert _chat(keyed_proxy, {"authorization": f"Bearer {BETA}"}, model="cerebras").status_code == 403
+    # Bad input that carries the prompt, and a stream cut after text was sent (logged as errors).
+    wizard = {"model": "glm-saver", "messages": [{"role": "wizard", "content": PROMPT}]}
+    assert httpx.post(f"{keyed_proxy.url}/v1/chat/completions", headers={"authorization": f"Bearer {ALPHA}"}, json=wizard, timeout=60).status_code == 400
+    cerebras_upstream.inject("reset_midstream", after_chunks=2)  # after text was sent
+    assert "error" in _chat(keyed_proxy, {"authorization": f"Bearer {ALPHA}", "x-glm-saver-route": "cerebras"}, stream=True).text
 
     stats = httpx.get(f"{keyed_proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).text
+    metrics = httpx.get(f"{keyed_proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True)
+    assert metrics.status_code == 200 and "glm_saver_requests_total" in metrics.text  # the right page
     log_file = keyed_proxy.directory / "glm-saver.log"  # LoggingSettings.file, beside the config
     plugin_log = log_file.read_text()
     assert "glm-saver -> cerebras" in plugin_log  # the decisions are there: it is the right file
     assert "cerebras failed with 500" in plugin_log  # and the fallback's WARNING
-    for name, text in (("plugin log", plugin_log), ("/stats", stats), ("proxy console", keyed_proxy.log())):
+    for name, text in (("plugin log", plugin_log), ("/stats", stats), ("/metrics", metrics.text), ("proxy console", keyed_proxy.log())):
         for secret in SECRETS:
             assert secret not in text, f"a key is in the {name}"
         assert "PROMPT-MARKER" not in text, f"prompt text is in the {name}"
     json.loads(stats)  # still a JSON object
+
+
+def test_metrics_never_carry_a_key_refused_for_a_model(keyed_proxy: Proxy) -> None:
+    assert _chat(keyed_proxy, {"x-litellm-api-key": BETA}).status_code == 200
+    assert _chat(keyed_proxy, {"authorization": f"Bearer {BETA}"}, model="cerebras").status_code == 403
+    metrics = httpx.get(f"{keyed_proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True)
+    assert metrics.status_code == 200
+    leaking = [line for line in metrics.text.splitlines() if BETA in line]
+    assert not leaking, leaking[:3]

@@ -16,7 +16,7 @@ from glm_saver.settings import ApiKeySettings, ConfigError, parse_settings
 
 MASTER = "sk-master-0123456789"
 ALPHA = "sk-alpha-0123456789"
-BETA = "beta-key-without-prefix-42"
+BETA = "sk-beta-key-42"
 CHAT = "/v1/chat/completions"
 
 
@@ -136,6 +136,11 @@ def test_hash_key_command_prints_the_hash_of_an_argument_or_stdin(monkeypatch, c
     monkeypatch.setattr(sys, "stdin", io.StringIO(BETA + "\n"))
     assert main(["hash-key"]) == 0
     assert capsys.readouterr().out == hash_key(BETA) + "\n"
+
+
+def test_hash_key_command_refuses_a_key_without_the_sk_prefix(capsys) -> None:
+    assert main(["hash-key", "beta-key-without-prefix-42"]) == 2
+    assert "must start with 'sk-'" in capsys.readouterr().err
 
 
 def test_hash_key_command_refuses_an_empty_key(monkeypatch, capsys) -> None:

@@ -1,0 +1,31 @@
+"""The status a client gets when no model could answer at all (every upstream down or too slow).
+
+LiteLLM reports an unreachable upstream as a 500 `internal_server_error` (which reads as a bug in
+the proxy) and a timed-out one as a 408 (which blames the client). Once the fallbacks are spent,
+the truthful answers are 503 (nothing reachable: retry later) and 504 (nothing answered in time).
+"""
+
+from __future__ import annotations
+
+from fastapi import HTTPException
+from litellm.exceptions import APIConnectionError, InternalServerError, Timeout
+
+_MAX_DETAIL = 600
+
+
+def _unreachable(error: BaseException) -> bool:
+    # openai's "Connection error." arrives as InternalServerError or APIConnectionError; LiteLLM also
+    # wraps its own bugs on bad input as APIConnectionError, which must not read as "unreachable".
+    return isinstance(error, (APIConnectionError, InternalServerError)) and "Connection error" in str(error)
+
+
+def no_model_answered(error: BaseException, tried: str) -> HTTPException | None:
+    """A 503/504 for a connection failure or timeout of every model tried, else None (LiteLLM's own)."""
+    if isinstance(error, Timeout):
+        status, what = 504, "did not answer within the deployment timeout"
+    elif _unreachable(error):
+        status, what = 503, "could not be reached"
+    else:
+        return None
+    detail = str(getattr(error, "message", None) or error)[:_MAX_DETAIL]
+    return HTTPException(status_code=status, detail=f"no model could answer: {tried} {what}. ({detail})")
