@@ -7,6 +7,8 @@ themselves are written once, in Python, and several proxies can never interleave
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import os
 import sqlite3
 import threading
@@ -24,6 +26,8 @@ R = TypeVar("R")
 KEY_PREFIX = "glm_saver:"
 # Shared state outlives a day's rate-limit window, not much more.
 REDIS_TTL_SECONDS = 2 * 24 * 3600
+# How long a change to SQLite-backed state may wait in memory before it is written.
+FLUSH_SECONDS = 1.0
 
 
 class Store(Protocol, Generic[M]):
@@ -84,39 +88,50 @@ class RedisStore(Generic[M]):
 
 
 class SqliteStore(Generic[M]):
-    """One JSON document per key in an embedded SQLite file: survives restarts, and proxies on one
-    machine may share the file (BEGIN IMMEDIATE serialises their updates)."""
+    """Kept in memory and written behind to an embedded SQLite file, so spend survives a restart.
+
+    A write per request cost the proxy ~15% of its throughput; instead changes are flushed at most
+    FLUSH_SECONDS later and when the process exits. One proxy owns its file; several proxies share
+    state through Redis.
+    """
 
     def __init__(self, model: type[M], path: Path, namespace: str) -> None:
         self._model = model
         self._namespace = namespace
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # No fsync per update: a power cut may lose the last moments of spend, a crash loses nothing.
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        prefix = f"{namespace}:"
+        rows = self._db.execute("SELECT key, value FROM state WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        self._values = {key.removeprefix(prefix): model.model_validate_json(value) for key, value in rows}
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
         self._lock = threading.Lock()
-
-    def _get(self, key: str) -> M:
-        row = self._db.execute("SELECT value FROM state WHERE key = ?", (f"{self._namespace}:{key}",)).fetchone()
-        return self._model.model_validate_json(row[0]) if row else self._model()
+        atexit.register(self.flush)
 
     async def read(self, key: str) -> M:
         with self._lock:
-            return self._get(key)
+            return self._values.get(key) or self._model()
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                value, result = change(self._get(key))
-                self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (f"{self._namespace}:{key}", value.model_dump_json()))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return result
+            value, result = change(self._values.get(key) or self._model())
+            self._values[key] = value
+            self._dirty.add(key)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+        return result
+
+    def flush(self) -> None:
+        with self._lock:
+            rows = [(f"{self._namespace}:{key}", self._values[key].model_dump_json()) for key in self._dirty]
+            self._dirty.clear()
+            self._flush_scheduled = False
+            if rows:
+                with self._db:  # one transaction
+                    self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", rows)
 
 
 def _resolve_env(value: str) -> str | None:

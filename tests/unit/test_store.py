@@ -1,0 +1,35 @@
+"""The SQLite store keeps state across a restart; changes are written behind, never lost at exit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from glm_saver.ledger import Books, Charge
+from glm_saver.store import SqliteStore
+
+CHARGE = Charge("cerebras", "cerebras", "smart_routing", "alice", "final", 100, 20, 0.000280, 0.000280)
+
+
+def test_sqlite_state_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "books.sqlite"
+    store = SqliteStore(Books, path, "books")
+
+    async def spend() -> None:
+        for _ in range(3):
+            await store.update("books", lambda books: (books.add(CHARGE), None))
+
+    asyncio.run(spend())
+    store.flush()  # what the exit hook does
+    reopened = SqliteStore(Books, path, "books")
+    totals = asyncio.run(reopened.read("books")).totals
+    assert (totals.requests, totals.prompt_tokens) == (3, 300)
+    assert totals.cost_usd == 3 * CHARGE.cost
+
+
+def test_namespaces_in_one_file_are_apart(tmp_path: Path) -> None:
+    path = tmp_path / "books.sqlite"
+    books = SqliteStore(Books, path, "books")
+    asyncio.run(books.update("books", lambda b: (b.add(CHARGE), None)))
+    books.flush()
+    assert asyncio.run(SqliteStore(Books, path, "other").read("books")).totals.requests == 0
