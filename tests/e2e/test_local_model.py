@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -203,14 +204,26 @@ def _launch_up(workspace: Path, cache: Path, output_path: Path) -> subprocess.Po
         return subprocess.Popen(command, cwd=workspace, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
-def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: tuple[Path, Path], tmp_path: Path) -> None:
-    workspace, cache = up_workspace
-    output_path = tmp_path / "up.out"
+@contextmanager
+def running_up(workspace: Path, cache: Path, output_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, set[int]]]:
+    """`glm-saver up` until it says it is up: (process, what it printed, its children). Whatever a
+    test does, nothing is left running afterwards."""
     up = _launch_up(workspace, cache, output_path)
     children: set[int] = set()
     try:
         printed = _wait_for_output(output_path, up, "Press Ctrl-C to stop.", timeout=300)
         children = _descendants(up.pid)
+        yield up, printed, children
+    finally:
+        for pid in [up.pid, *children]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        up.wait()
+
+
+def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: tuple[Path, Path], tmp_path: Path) -> None:
+    workspace, cache = up_workspace
+    with running_up(workspace, cache, tmp_path / "up.out") as (up, printed, children):
         assert len(children) >= 2  # llama-server and litellm
         base_url = _summary_value(printed, "or API provider: OpenAI Compatible", "base URL:")
         key, model = _summary_value(printed, "API key:", "API key:"), _summary_value(printed, "Model:", "Model:")
@@ -226,12 +239,6 @@ def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: 
         assert left_behind == []
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base_url.removesuffix('/v1')}/health/liveliness", timeout=2)
-    finally:
-        # Whatever happened above, leave nothing running for the next test.
-        for pid in [up.pid, *children]:
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
-        up.wait()
 
 
 def test_up_uses_a_local_server_that_already_answers(up_workspace: tuple[Path, Path], tmp_path: Path, local_upstream: FakeUpstream) -> None:
@@ -240,12 +247,7 @@ def test_up_uses_a_local_server_that_already_answers(up_workspace: tuple[Path, P
     config = yaml.safe_load((workspace / "litellm_config.yaml").read_text())
     next(e for e in config["model_list"] if e["model_name"] == "local")["litellm_params"]["api_base"] = local_upstream.url
     (workspace / "litellm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    output_path = tmp_path / "up.out"
-    up = _launch_up(workspace, cache, output_path)
-    children: set[int] = set()
-    try:
-        printed = _wait_for_output(output_path, up, "Press Ctrl-C to stop.", timeout=300)
-        children = _descendants(up.pid)
+    with running_up(workspace, cache, tmp_path / "up.out") as (up, printed, children):
         assert f"a local model server already answers at {local_upstream.url}" in printed
         assert not any("llama-server" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in children)
         base_url = _summary_value(printed, "or API provider: OpenAI Compatible", "base URL:")
@@ -255,8 +257,3 @@ def test_up_uses_a_local_server_that_already_answers(up_workspace: tuple[Path, P
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=90) == 0
         assert [pid for pid in children if _running(pid)] == []
-    finally:
-        for pid in [up.pid, *children]:
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
-        up.wait()
