@@ -356,3 +356,24 @@ def test_smart_speculative_puts_complex_asks_through_the_cascade(smart: Cascade,
     reply = chat(smart, COMPLEX, stream=stream)
     assert (reply.route, reply.text) == ("draft-verified", "Guard the lock with a fencing token.")
     assert len(local_upstream.requests) == 3
+
+
+def test_internal_calls_are_booked_at_the_configured_prices_for_the_calling_key(
+    parallel: Cascade, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
+    before = parallel.proxy_stats()["books"]
+    assert chat(parallel, WRONG).route == "draft-corrected"  # 3 drafts on local, one verify on Cerebras
+
+    def grew(table: str, name: str, field: str, books: dict[str, Any]) -> float:
+        return books[table].get(name, {}).get(field, 0) - before[table].get(name, {}).get(field, 0)
+
+    after = _poll(lambda: parallel.proxy_stats()["books"], lambda b: grew("by_key", "master-key", "calls", b) >= 5)  # log events are async
+    (verify,) = cerebras_upstream.served
+    drafts = local_upstream.served
+    assert grew("by_role", "draft", "calls", after) == len(drafts) == 3
+    assert grew("by_role", "draft", "cost_usd", after) == 0
+    assert grew("by_role", "verify", "cost_usd", after) == pytest.approx(verify.prompt_tokens * 2.25e-6 + verify.completion_tokens * 2.75e-6, rel=1e-9)
+    assert grew("by_key", "master-key", "calls", after) == 5  # 3 drafts, the verify and the answer itself
+    # Tokens are what the upstreams served (the answer replays a draft already counted).
+    served_prompt = verify.prompt_tokens + sum(d.prompt_tokens for d in drafts)
+    assert after["totals"]["prompt_tokens"] - before["totals"]["prompt_tokens"] == served_prompt
