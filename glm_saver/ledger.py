@@ -132,7 +132,7 @@ class Ledger:
         self.budgets = BudgetBook(build_store(BudgetUse, settings, config, namespace="budgets", sqlite_path=path), settings)
         groups = {settings.local_group, settings.cloud_group, *settings.entry_models}
         self._prices = {group: group_prices(config, group) for group in groups}
-        self._cloud = group_prices(config, settings.cloud_group)
+        self.cloud_prices = group_prices(config, settings.cloud_group)
         self._settings = settings
         self._alert_tasks: set[asyncio.Task[None]] = set()
 
@@ -156,7 +156,7 @@ class Ledger:
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost=self._prices[group].cost(prompt, completion),
-            cloud_cost=self._cloud.cost(prompt, completion) if role == FINAL else 0.0,
+            cloud_cost=self.cloud_prices.cost(prompt, completion) if role == FINAL else 0.0,
             # A cascade answer replays drafts whose tokens their own calls already counted.
             counts_tokens=not route.startswith("draft-"),
         )

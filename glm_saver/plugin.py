@@ -23,7 +23,7 @@ from litellm.proxy._types import ProxyException
 from glm_saver import metrics
 from glm_saver.callers import key_label
 from glm_saver.classifier import Classification, Classifier, build_classifier
-from glm_saver.deployments import Prices, api_key_configured, group_prices, group_window
+from glm_saver.deployments import Prices, api_key_configured, group_window
 from glm_saver.failures import no_model_answered
 from glm_saver.headroom import Admission, CloudHeadroom, Quota, Reservation
 from glm_saver.ledger import Ledger
@@ -97,7 +97,6 @@ class GlmSaver(CustomLogger):
             self.headroom = CloudHeadroom(build_store(Quota, settings, config, namespace="quota"), settings.rate_limits, key=settings.cloud_group)
         self.speculator = Speculator(settings, config, cloud_exhausted=self._cloud_unavailable)
         self.ledger = Ledger(settings, config, config_dir or Path.cwd())
-        self._cloud_prices = group_prices(config, settings.cloud_group)
         self._config_key_aliases = frozenset(key.alias for key in settings.keys)
 
     # ---- the decision -------------------------------------------------------------------------
@@ -172,7 +171,7 @@ class GlmSaver(CustomLogger):
                 self.stats.record_rejection("budget")
                 raise ProxyException(message=f"{detail}; it renews with the next {budget.period} period", type="budget_exceeded", param=None, code=429)
             return Decision("local", "budget", detail)
-        if key not in self._config_key_aliases and _litellm_key_nearly_spent(auth, view, self._cloud_prices):
+        if key not in self._config_key_aliases and _litellm_key_nearly_spent(auth, view, self.ledger.cloud_prices):
             return Decision("local", "key-budget", f"LiteLLM key budget ${auth.max_budget:.2f} nearly spent (${auth.spend:.4f})")
         return None
 
