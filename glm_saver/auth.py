@@ -25,12 +25,13 @@ import threading
 from fastapi import Request, status
 from litellm.proxy._types import LiteLLMRoutes, LitellmUserRoles, ProxyErrorTypes, ProxyException, UserAPIKeyAuth
 
-from glm_saver.keys_cli import hash_key
+from glm_saver import proxy
+from glm_saver.callers import hash_key
 from glm_saver.settings import ApiKeySettings
 
-logger = logging.getLogger("glm_saver")
+logger = logging.getLogger(__name__)
 
-METADATA_KEY = "glm_saver_key"
+KEY_ALIAS_METADATA = "glm_saver_key"
 # The routes a configured (non-admin) key may call: chat and text completions (every request there
 # is planned and gated by the plugin) and the model list. Every other model route can spend money
 # outside the plugin's budgets, so only the master key reaches it.
@@ -116,7 +117,7 @@ class KeyRing:
             user_role=LitellmUserRoles.INTERNAL_USER,
             models=list(entry.models),
             max_budget=entry.budget.limit_usd if entry.budget else None,
-            metadata={METADATA_KEY: entry.alias},
+            metadata={KEY_ALIAS_METADATA: entry.alias},
         )
 
 
@@ -131,10 +132,9 @@ def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
     """The config's keys, read once (the plugin instance is not needed: same file, same validation)."""
     global _configured_keys
     if _configured_keys is None:
-        from glm_saver.plugin import config_path
         from glm_saver.settings import load_config_file, settings_from_config
 
-        _configured_keys = tuple(settings_from_config(load_config_file(config_path())).keys)
+        _configured_keys = tuple(settings_from_config(load_config_file(proxy.config_path())).keys)
         logger.info("glm_saver: custom_auth accepts %d configured key(s) and the master key", len(_configured_keys))
         _warn_if_models_unenforced(_configured_keys)
     return _configured_keys
@@ -143,10 +143,9 @@ def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
 def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
     """A key's `models` list is enforced by LiteLLM only with both flags on: say so if one is off."""
     import litellm
-    from litellm.proxy import proxy_server
 
     limited = [entry.alias for entry in keys if entry.models]
-    enforced = bool((proxy_server.general_settings or {}).get("custom_auth_run_common_checks")) and bool(
+    enforced = bool(proxy.general_settings().get("custom_auth_run_common_checks")) and bool(
         getattr(litellm, "enable_post_custom_auth_checks", False)
     )
     if limited and not enforced:
@@ -157,17 +156,9 @@ def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
         )
 
 
-def _proxy_master_key() -> tuple[str | None, str]:
-    """The master key the proxy resolved at start (general_settings.master_key or LITELLM_MASTER_KEY)."""
-    from litellm.proxy import proxy_server
-
-    master = getattr(proxy_server, "master_key", None)
-    return (master if isinstance(master, str) and master else None), getattr(proxy_server, "litellm_proxy_admin_name", "default_user_id")
-
-
 def proxy_key_ring() -> KeyRing:
     global _cached
-    master, admin_user_id = _proxy_master_key()
+    master, admin_user_id = proxy.master_key()
     cached = _cached
     if cached is not None and cached[0] == master:
         return cached[1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from fastapi import HTTPException
-from litellm.exceptions import APIConnectionError, InternalServerError, Timeout
+from litellm.exceptions import Timeout
 
 _MAX_DETAIL = 600
 # Where the upstreams live is nobody's business but the operator's.
@@ -22,17 +22,26 @@ def without_urls(text: str) -> str:
     return _HOST_PORT.sub("<upstream>", _URL.sub("<upstream>", text))
 
 
-def _unreachable(error: BaseException) -> bool:
-    # openai's "Connection error." arrives as InternalServerError or APIConnectionError; LiteLLM also
-    # wraps its own bugs on bad input as APIConnectionError, which must not read as "unreachable".
-    return isinstance(error, (APIConnectionError, InternalServerError)) and "Connection error" in str(error)
+def is_unreachable(error: BaseException) -> bool:
+    """A refused or dropped connection to an upstream. openai's "Connection error." arrives as a 500
+    (InternalServerError) or an APIConnectionError, so the message and the exception chain are
+    read, not the status; LiteLLM also wraps its own bugs on bad input as APIConnectionError, which
+    must not read as "unreachable"."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            break
+        if "ConnectError" in type(seen).__name__:  # httpx's own, under openai's wrapper
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "connection error" in str(error).lower()
 
 
 def no_model_answered(error: BaseException, tried: str) -> HTTPException | None:
     """A 503/504 for a connection failure or timeout of every model tried, else None (LiteLLM's own)."""
     if isinstance(error, Timeout):
         status, what = 504, "did not answer within the deployment timeout"
-    elif _unreachable(error):
+    elif is_unreachable(error):
         status, what = 503, "could not be reached"
     else:
         return None

@@ -16,33 +16,33 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
-from glm_saver import metrics
+from glm_saver.books import metrics
 from glm_saver.callers import caller_label
 from glm_saver.classifier import Classifier, build_classifier
 from glm_saver.deployments import api_key_configured, group_window
 from glm_saver.failures import no_model_answered, redacted
-from glm_saver.headroom import CloudHeadroom, Quota
-from glm_saver.ledger import CALL_KEY, Ledger
+from glm_saver.books.headroom import CloudHeadroom, Quota
+from glm_saver.books.ledger import ROLES, Ledger, Tally
 from glm_saver.request import RequestView, prompt_tokens
+from glm_saver import proxy
+from glm_saver.events import CALL_KEY, PLAN_KEY, CallRecord, read_failure, read_success
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
-from glm_saver.speculative import Speculator
-from glm_saver.stats import RoutingStats
-from glm_saver.store import STORE_HEALTH, StoreUnavailable, build_store
-from glm_saver.strategies import Route, Windows
-from glm_saver.validation import request_problem
+from glm_saver.cascade.speculator import Speculator
+from glm_saver.books.counters import RoutingStats
+from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
+from glm_saver.routing.policy import Route, Windows
+from glm_saver.routing.validation import request_problem
 
-logger = logging.getLogger("glm_saver")
+logger = logging.getLogger(__name__)
 
-METADATA_KEY = "glm_saver"
 CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 TEXT_CALL_TYPES = frozenset({"text_completion", "atext_completion"})
 # The calls whose money the plugin governs (chat and text completions, every model name it routes).
@@ -54,27 +54,6 @@ def _ascii_header(value: str) -> str:
     return value.encode("ascii", "replace").decode("ascii").replace("\n", " ")[:300]
 
 
-def _epoch(moment: Any) -> float | None:
-    if isinstance(moment, datetime):
-        return moment.timestamp()
-    return float(moment) if isinstance(moment, (int, float)) else None
-
-
-def _event_facts(kwargs: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str | None]:
-    """A log event's plugin tag (None if the plugin did not route the request) and model group."""
-    metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-    tag = metadata.get(METADATA_KEY)
-    return tag if isinstance(tag, Mapping) else None, metadata.get("model_group")
-
-
-def _ticket_in(metadata: Mapping[str, Any] | None, group: str | None) -> Ticket | None:
-    """The gate's ticket a call carries for `group` (a ticket copied from another hop does not count)."""
-    held = (metadata or {}).get(TICKET_KEY)
-    if not isinstance(held, Mapping) or held.get("group") != group:
-        return None
-    return Ticket.model_validate(held)
-
-
 def _view_of(data: Mapping[str, Any], chat: bool) -> RequestView:
     """A text completion is judged like a chat request whose one user message is its prompt."""
     if chat:
@@ -82,6 +61,17 @@ def _view_of(data: Mapping[str, Any], chat: bool) -> RequestView:
     prompt = data.get("prompt")
     text = prompt if isinstance(prompt, str) else " ".join(part for part in prompt or [] if isinstance(part, str)) if isinstance(prompt, list) else ""
     return RequestView.from_data({**data, "messages": [{"role": "user", "content": text}]})
+
+
+# The books' rows of the cascade: its answers (by route label) and its internal calls (by role).
+_CASCADE_ROUTES = ("draft-accepted", "draft-verified", "draft-corrected", "cloud", "draft", "verify")
+
+
+def _cascade_books(books: Mapping[str, Any]) -> dict[str, Any]:
+    """What the cascade's calls cost and saved, read from the books (booked once, there)."""
+    routes, roles = books.get("by_route") or {}, books.get("by_role") or {}
+    saved = sum(routes[name]["savings_usd"] for name in _CASCADE_ROUTES if name in routes)
+    return {"by_role": {role: roles.get(role) or Tally().view() for role in ROLES}, "cloud_cost_saved": round(saved, 8)}
 
 
 def _refusal_error(refusal: Refusal, group: str) -> Exception:
@@ -168,7 +158,7 @@ class GlmSaver(CustomLogger):
         if plan.mock is not None:
             data["mock_response"] = plan.mock
         metadata = data.setdefault("metadata", {})
-        metadata[METADATA_KEY] = {
+        metadata[PLAN_KEY] = {
             "requested": plan.requested,
             "route": plan.route,
             "reason": plan.reason,
@@ -197,14 +187,15 @@ class GlmSaver(CustomLogger):
         if not isinstance(metadata, dict):
             return None
         group = metadata.get("model_group")
-        tag = metadata.get(METADATA_KEY) if isinstance(metadata.get(METADATA_KEY), Mapping) else {}
+        tag = metadata.get(PLAN_KEY) if isinstance(metadata.get(PLAN_KEY), Mapping) else {}
         if group == self.settings.local_group:
             self._hold_local_window(kwargs, tag, group)
             return None
         if group not in self._cloud_groups:
             return None
         depth = int(kwargs.get("fallback_depth") or 0)
-        ticket = _ticket_in(metadata, group)
+        held = metadata.get(TICKET_KEY)
+        ticket = Ticket.model_validate(held) if isinstance(held, Mapping) and held.get("group") == group else None
         if ticket is None or ticket.depth != depth:
             ticket = await self._ticket_for_hop(kwargs, metadata, tag, str(group), depth)
             metadata[TICKET_KEY] = ticket.model_dump()
@@ -242,15 +233,6 @@ class GlmSaver(CustomLogger):
     def _route_of_group(self, group: str | None) -> Route | None:
         return next((route for route, name in self._groups.items() if name == group), None)
 
-    @staticmethod
-    def _group_of_model_id(model_id: str | None) -> str | None:
-        if not model_id:
-            return None
-        from litellm.proxy import proxy_server
-
-        deployment = proxy_server.llm_router.get_deployment(model_id) if proxy_server.llm_router else None
-        return deployment.model_name if deployment else None
-
     async def async_post_call_response_headers_hook(
         self,
         data: dict,
@@ -259,11 +241,11 @@ class GlmSaver(CustomLogger):
         request_headers: dict[str, str] | None = None,
         litellm_call_info: dict[str, Any] | None = None,
     ) -> dict[str, str] | None:
-        tag = (data.get("metadata") or {}).get(METADATA_KEY)
+        tag = (data.get("metadata") or {}).get(PLAN_KEY)
         if not isinstance(tag, Mapping) or response is None:
             return None
         model_id = (litellm_call_info or {}).get("model_id") or (getattr(response, "_hidden_params", None) or {}).get("model_id")
-        answered = self._route_of_group(self._group_of_model_id(model_id)) or tag["route"]
+        answered = self._route_of_group(proxy.group_of_deployment(model_id)) or tag["route"]
         if answered != tag["route"]:
             return {"x-glm-saver-route": answered, "x-glm-saver-reason": _ascii_header(f"fallback: {tag['route']} failed ({tag['reason']})")}
         if tag["reason"] == "direct":
@@ -272,57 +254,49 @@ class GlmSaver(CustomLogger):
         return {"x-glm-saver-route": shown, "x-glm-saver-reason": _ascii_header(f"{tag['reason']}: {tag['detail']}")}
 
     async def async_log_success_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        tag, group = _event_facts(kwargs)
-        ticket = _ticket_in((kwargs.get("litellm_params") or {}).get("metadata"), group)
-        try:
-            if group in self._cloud_groups:
-                await self._observe_cloud(kwargs.get("response_headers"), ticket, rate_limited=False, received_at=_epoch(kwargs.get("completion_start_time")))
-        except StoreUnavailable as err:
-            logger.error("glm_saver: cerebras' headroom not updated: %s", err)
-        self.speculator.observe(kwargs, response_obj, tag)  # tokens and cost of draft / verify / final calls
-        if self.ledger.keeps(group):
-            await self.ledger.record(self.ledger.charge_of(kwargs, response_obj, tag, group), ticket)
-        if tag is None:
+        record = read_success(kwargs, response_obj)
+        await self._observe_cloud(record)
+        if self.ledger.keeps(record.group):
+            await self.ledger.record(record)
+        if record.tag is None:
             return
-        answered = self._route_of_group(group) or str(group)
-        self.stats.record_answer(answered, tag["route"] if answered != tag["route"] else None)
+        answered = self._route_of_group(record.group) or str(record.group)
+        self.stats.record_answer(answered, record.tag["route"] if answered != record.tag["route"] else None)
 
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
         """Every model of a routed request unreachable or too slow: a 503/504, not LiteLLM's 500/408;
         any other error of a routed request reaches the client without the upstreams' URLs."""
-        tag = (request_data.get("metadata") or {}).get(METADATA_KEY)
+        tag = (request_data.get("metadata") or {}).get(PLAN_KEY)
         if not isinstance(tag, Mapping):
             return None
         return no_model_answered(original_exception, f"{tag['route']} and its fallback") or redacted(original_exception)
 
     async def async_log_failure_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        tag, group = _event_facts(kwargs)
-        error = kwargs.get("exception")
-        status = getattr(error, "status_code", None)
-        headers = getattr(error, "litellm_response_headers", None)
-        # A 429 without upstream headers is LiteLLM saying our filter left no deployment, not Cerebras.
-        upstream_429 = status == 429 and headers is not None
-        ticket = _ticket_in((kwargs.get("litellm_params") or {}).get("metadata"), group)
-        try:
-            if group in self._cloud_groups:
-                await self._observe_cloud(headers, ticket, rate_limited=upstream_429)
-            if ticket is not None:
-                await self.ledger.budgets.release(ticket.key, ticket.id)
-        except StoreUnavailable as err:
-            logger.error("glm_saver: a failed call's reservation was not released: %s (its hold expires on its own)", err)
-        if tag is None:
+        record = read_failure(kwargs)
+        await self._observe_cloud(record)
+        if record.ticket is not None:
+            try:
+                await self.ledger.budgets.release(record.ticket.key, record.ticket.id)
+            except StoreUnavailable as err:
+                logger.error("glm_saver: a failed call's budget hold was not released: %s (it expires on its own)", err)
+        if record.tag is None:
             return
-        what = "resting" if status == 429 and headers is None else str(status or type(error).__name__)
-        self.stats.record_failure(self._route_of_group(group) or str(group), what)
-        logger.warning("glm_saver: %s failed with %s; LiteLLM falls back if it can", group, status or type(error).__name__)
+        what = "resting" if record.status == 429 and record.headers is None else str(record.status or record.error)
+        self.stats.record_failure(self._route_of_group(record.group) or str(record.group), what)
+        logger.warning("glm_saver: %s failed with %s; LiteLLM falls back if it can", record.group, record.status or record.error)
 
-    async def _observe_cloud(self, headers: Mapping[str, Any] | None, ticket: Ticket | None, rate_limited: bool, received_at: float | None = None) -> None:
-        """Fold Cerebras' rate-limit headers into the headroom and release this call's reservation."""
-        if self.headroom is None:
+    async def _observe_cloud(self, record: CallRecord) -> None:
+        """Fold Cerebras' rate-limit headers into the headroom and release the call's reservation."""
+        if self.headroom is None or record.group not in self._cloud_groups:
             return
-        quota = await self.headroom.observe(headers, ticket.reservation if ticket else None, rate_limited, received_at)
+        reservation = record.ticket.reservation if record.ticket else None
+        try:
+            quota = await self.headroom.observe(record.headers, reservation, record.rate_limited, record.received_at)
+        except StoreUnavailable as err:
+            logger.error("glm_saver: cerebras' headroom not updated: %s", err)
+            return
         metrics.record_quota(quota)
-        if rate_limited:
+        if record.rate_limited:
             metrics.CEREBRAS_429.inc()
             self.stats.record_rate_limited()
             logger.warning("glm_saver: cerebras answered 429; no request goes to it for %.1fs", max(0.0, quota.exhausted_until - time.time()))
@@ -362,19 +336,9 @@ class GlmSaver(CustomLogger):
             **self.stats.snapshot(),
             "books": books,
             "cerebras_headroom": headroom,
-            "speculative": self.speculator.stats.snapshot(),
+            "speculative": {**self.speculator.stats.snapshot(), **_cascade_books(books)},
             "store": STORE_HEALTH.describe(self.settings.state),
         }
-
-
-def config_path() -> str:
-    """The config the proxy was started with (LiteLLM keeps it in a module global)."""
-    from litellm.proxy import proxy_server
-
-    path = os.environ.get("GLM_SAVER_CONFIG") or proxy_server.user_config_file_path or os.environ.get("CONFIG_FILE_PATH")
-    if not path:
-        raise RuntimeError("glm_saver: cannot find the proxy's config file; start with `litellm --config FILE`")
-    return path
 
 
 def plugin_from_proxy_config() -> GlmSaver:
@@ -382,8 +346,8 @@ def plugin_from_proxy_config() -> GlmSaver:
     from glm_saver.api import install_routes
 
     try:
-        config = load_config_file(config_path())
-        plugin = GlmSaver(settings_from_config(config), config, Path(config_path()).resolve().parent)
+        config = load_config_file(proxy.config_path())
+        plugin = GlmSaver(settings_from_config(config), config, Path(proxy.config_path()).resolve().parent)
     except ConfigError as err:
         # Exit here: raising would bury the message under LiteLLM's 300-line startup traceback.
         print(f"glm_saver: {err}\nThe proxy did not start.", file=sys.stderr, flush=True)
@@ -392,5 +356,5 @@ def plugin_from_proxy_config() -> GlmSaver:
     install_routes(plugin)
     from glm_saver.logs import configure_logging
 
-    configure_logging(plugin.settings.logging, Path(config_path()).resolve().parent)  # rotating file + console, redacted
+    configure_logging(plugin.settings.logging, Path(proxy.config_path()).resolve().parent)  # rotating file + console, redacted
     return plugin

@@ -16,24 +16,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litellm.proxy._types import ProxyException
 
-from glm_saver import metrics
-from glm_saver.budgets import BudgetBook
+from glm_saver.books import metrics
+from glm_saver.books.budgets import BudgetBook
 from glm_saver.callers import key_label
 from glm_saver.classifier import Classification, Classifier
 from glm_saver.deployments import Prices
 from glm_saver.request import RequestView
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
 from glm_saver.settings import GlmSaverSettings
-from glm_saver.speculative import Speculator
-from glm_saver.stats import RoutingStats
-from glm_saver.store import StoreUnavailable
-from glm_saver.strategies import ROUTES, Decision, RequestTooLarge, Route, Windows, decide
+from glm_saver.books.counters import RoutingStats
+from glm_saver.books.store import StoreUnavailable
+from glm_saver.routing.policy import ROUTES, Decision, RequestTooLarge, Route, Windows, decide
 
-logger = logging.getLogger("glm_saver")
+if TYPE_CHECKING:  # the cascade calls through the gate: a type only, no import circle
+    from glm_saver.cascade.speculator import Speculator
+
+logger = logging.getLogger(__name__)
 
 # Reasons that keep a request off Cerebras for money or limits: no fallback may take it there.
 _KEPT_OFF_CLOUD = frozenset({"budget", "key-budget", "store-down", "cerebras-not-configured"})

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from glm_saver.cli import main
-from glm_saver.keys_cli import hash_key
+from glm_saver.callers import hash_key
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 

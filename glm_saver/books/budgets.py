@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from glm_saver import metrics
+from glm_saver.books import metrics
 from glm_saver.settings import BudgetSettings, GlmSaverSettings, Period
-from glm_saver.store import Store
+from glm_saver.books.store import Store
 
-logger = logging.getLogger("glm_saver")
+logger = logging.getLogger(__name__)
 
 GLOBAL = "global"
 WEBHOOK_TIMEOUT = 5.0

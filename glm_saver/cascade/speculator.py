@@ -34,16 +34,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from glm_saver.callers import caller_label
-from glm_saver.deployments import group_prices
-from glm_saver.draft_scoring import DraftFacts, best_draft, score_drafts
-from glm_saver.ledger import CALL_KEY
+from glm_saver.cascade.scoring import DraftFacts, best_draft, score_drafts
+from glm_saver import proxy
+from glm_saver.events import CALL_KEY
+from glm_saver.failures import is_unreachable
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
 from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
-from glm_saver.speculative_stats import SpeculativeStats
-from glm_saver.strategies import Decision
+from glm_saver.cascade.stats import SpeculativeStats
+from glm_saver.routing.policy import Decision
 
-logger = logging.getLogger("glm_saver")
+logger = logging.getLogger(__name__)
 
 Band = Literal["accept", "verify", "cloud"]
 
@@ -192,19 +193,6 @@ def call_metadata(data: Mapping[str, Any], role: str, ticket: Ticket | None = No
     return metadata
 
 
-def _unreachable(error: BaseException) -> bool:
-    """A refused or dropped connection. LiteLLM reports it as a 500 ("Connection error."), so the
-    exception chain and LiteLLM's own message are checked, not the status."""
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            break
-        if "ConnectError" in type(seen).__name__ or "APIConnectionError" in type(seen).__name__:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "connection error" in str(error).lower()
-
-
 def failure_kind(error: BaseException) -> str:
     """A short, prompt-free name for why an internal call failed."""
     status = getattr(error, "status_code", None)
@@ -215,7 +203,7 @@ def failure_kind(error: BaseException) -> str:
         return "rate-limited"
     if status == 503 or "ServiceUnavailable" in name:
         return "busy"
-    if _unreachable(error):
+    if is_unreachable(error):
         return "unreachable"
     return f"http-{status}" if isinstance(status, int) else name
 
@@ -257,14 +245,6 @@ class ParallelGate:
 # ---- the cascade --------------------------------------------------------------------------------
 
 
-def _router() -> Any:
-    from litellm.proxy import proxy_server
-
-    if proxy_server.llm_router is None:
-        raise RuntimeError("the LiteLLM router is not ready")
-    return proxy_server.llm_router
-
-
 class Speculator:
     def __init__(
         self,
@@ -276,7 +256,6 @@ class Speculator:
         self.settings = settings
         self.options = settings.speculative
         self.stats = SpeculativeStats()
-        self.prices = group_prices(config or {}, settings.cloud_group)
         self.gate = ParallelGate(self.options.parallel_retry_seconds)
         self._cloud_exhausted = cloud_exhausted
         self._cloud_gate = cloud_gate
@@ -345,7 +324,7 @@ class Speculator:
     async def _call(
         self, group: str, role: str, messages: Sequence[Any], params: dict[str, Any], timeout: float, data: Mapping[str, Any], ticket: Ticket | None = None
     ) -> Any:
-        call = _router().acompletion(
+        call = proxy.router().acompletion(
             model=group,
             messages=copy.deepcopy(list(messages)),
             metadata=call_metadata(data, role, ticket),
@@ -396,16 +375,6 @@ class Speculator:
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    def _saving(self, prompt_tokens: int, answer_tokens: int, spent: tuple[int, int]) -> tuple[int, int, float, float]:
-        """Always-cloud (the prompt plus this answer) against what the cascade spent on Cerebras."""
-        price_in, price_out = self.prices.input, self.prices.output
-        return (
-            prompt_tokens + answer_tokens,
-            spent[0] + spent[1],
-            prompt_tokens * price_in + answer_tokens * price_out,
-            spent[0] * price_in + spent[1] * price_out,
-        )
-
     def _with_draft(
         self,
         view: RequestView,
@@ -420,7 +389,7 @@ class Speculator:
         """Answer with text the cascade holds: a mock on the local group, priced 0 by LiteLLM."""
         prompt = answer.prompt_tokens if prompt_tokens is None else prompt_tokens
         mock = build_mock(answer, prompt or view.prompt_tokens)
-        self.stats.record_outcome(label, reason, self._saving(view.prompt_tokens, answer.completion_tokens, spent))
+        self.stats.record_outcome(label, reason)
         logger.info("glm_saver: speculative %s (%s)", label, reason)
         return Outcome(Decision("local", reason, detail, decision.score, label=label), mock)
 
@@ -428,25 +397,3 @@ class Speculator:
         self.stats.record_outcome("cloud", reason)
         logger.info("glm_saver: speculative cloud (%s)", reason)
         return Outcome(Decision("cerebras", reason, detail, decision.score, label="cloud"))
-
-    # -- facts coming back ----------------------------------------------------------------------
-
-    def observe(self, kwargs: Mapping[str, Any], response: Any, tag: Mapping[str, Any] | None) -> None:
-        """Count the tokens and cost of a logged call: an internal draft/verify, or a cloud final."""
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        call = metadata.get(CALL_KEY)
-        if isinstance(call, Mapping):
-            role, caller = str(call.get("role")), str(call.get("caller"))
-        elif isinstance(tag, Mapping) and tag.get("label") == "cloud":
-            role, caller = "final", caller_label(metadata)
-        else:
-            return
-        usage = _get(response, "usage")
-        cost = kwargs.get("response_cost")
-        self.stats.record_call(
-            role,
-            caller,
-            int(_get(usage, "prompt_tokens") or 0),
-            int(_get(usage, "completion_tokens") or 0),
-            float(cost) if isinstance(cost, (int, float)) else 0.0,
-        )

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -12,7 +13,7 @@ from glm_saver.classifier import Classification
 from glm_saver.request import RequestView
 from glm_saver.settings import SpeculativeSettings
 from glm_saver.routing.gate import Ticket, clamp
-from glm_saver.speculative import (
+from glm_saver.cascade.speculator import (
     CALL_KEY,
     Draft,
     ParallelGate,
@@ -27,7 +28,7 @@ from glm_saver.speculative import (
     verify_messages,
     verify_params,
 )
-from glm_saver.strategies import Windows, decide
+from glm_saver.routing.policy import Windows, decide
 
 # build_mock imports litellm: keep it from reaching for the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -160,9 +161,20 @@ class APIConnectionError(Exception):
     pass
 
 
+def _chained_connect_error() -> Exception:
+    """How the openai client reports a refused connection: its wrapper around httpx's ConnectError."""
+    try:
+        try:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        except httpx.ConnectError as cause:
+            raise APIConnectionError("upstream call failed") from cause
+    except APIConnectionError as err:
+        return err
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
-    [(TimeoutError(), "timeout"), (_Status(429), "rate-limited"), (_Status(503), "busy"), (_Status(500), "http-500"), (APIConnectionError(), "unreachable")],
+    [(TimeoutError(), "timeout"), (_Status(429), "rate-limited"), (_Status(503), "busy"), (_Status(500), "http-500"), (APIConnectionError("Connection error."), "unreachable"), (_chained_connect_error(), "unreachable")],
 )
 def test_failures_get_short_prompt_free_names(error: Exception, kind: str) -> None:
     assert failure_kind(error) == kind

@@ -25,7 +25,7 @@ from glm_saver.settings import ConfigError, GlmSaverSettings
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
-KEY_PREFIX = "glm_saver:"
+REDIS_KEY_PREFIX = "glm_saver:"
 # Shared state outlives a day's rate-limit window, not much more.
 REDIS_TTL_SECONDS = 2 * 24 * 3600
 # How long a change to SQLite-backed state may wait in memory before it is written.
@@ -94,7 +94,7 @@ class RedisStore(Generic[M]):
         self._namespace = namespace
 
     def _key(self, key: str) -> str:
-        return f"{KEY_PREFIX}{self._namespace}:{key}"
+        return f"{REDIS_KEY_PREFIX}{self._namespace}:{key}"
 
     def _parse(self, raw: str | None) -> M:
         return self._model.model_validate_json(raw) if raw else self._model()

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from glm_saver.settings import RateLimitSettings
-from glm_saver.store import Store
+from glm_saver.books.store import Store
 
 # Two header readings whose reset times differ by less than this belong to the same window.
 _SAME_WINDOW_SLACK = 1.0
