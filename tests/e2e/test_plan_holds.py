@@ -115,7 +115,9 @@ def _both_upstreams_up(local_upstream: FakeUpstream, cerebras_upstream: FakeUpst
 
 @pytest.fixture(scope="module")
 def keyed(start_proxy: Callable[..., Proxy]) -> Proxy:
-    return start_proxy(glm_saver={"keys": KEYS})
+    # No cooldowns: an upstream error one test provokes on purpose (a 404 for /v1/completions from
+    # the fakes, which serve chat only) must not leave a group cooling down for the next test.
+    return start_proxy(glm_saver={"keys": KEYS}, router_settings={"disable_cooldowns": True})
 
 
 def spend_key_budget(proxy: Proxy, key: str, alias: str) -> None:
