@@ -40,3 +40,6 @@ def install_routes(plugin: GlmSaver) -> None:
     # A reload of the plugin must replace, not stack, its routes.
     kept = [route for route in app.router.routes if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)]
     app.router.routes[:] = [*ours, *kept]
+    from glm_saver.body_guard import install
+
+    install(app)

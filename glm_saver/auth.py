@@ -5,8 +5,9 @@ sha256 hashes (`glm-saver hash-key KEY` prints one), each with an alias, an opti
 the models it may use. Enable with `general_settings.custom_auth: glm_saver.auth.custom_auth`.
 
 - The proxy's master key is still accepted, as the admin it was (same identity LiteLLM gives it).
-- Configured keys may call the LLM API routes (chat, models, model info) and nothing else: `/stats`
-  and LiteLLM's admin routes answer 403, `/metrics` 401 (they show every key's spend).
+- Configured keys may call chat completions, text completions and the model list (CLIENT_ROUTES)
+  and nothing else: every other model route, `/stats` and LiteLLM's admin routes answer 403,
+  `/metrics` 401 (they show every key's spend).
 - An unknown or missing key answers 401 in OpenAI's error shape; the key is never echoed or logged.
 - With no master key and no configured keys the proxy stays open, as LiteLLM is without auth.
 
@@ -30,8 +31,12 @@ from glm_saver.settings import ApiKeySettings
 logger = logging.getLogger("glm_saver")
 
 METADATA_KEY = "glm_saver_key"
-# Routes a configured (non-admin) key may call besides LiteLLM's LLM API routes.
-_MODEL_LIST_ROUTES = frozenset({"/models", "/v1/models", *LiteLLMRoutes.model_info_routes.value})
+# The routes a configured (non-admin) key may call: chat and text completions (every request there
+# is planned and gated by the plugin) and the model list. Every other model route can spend money
+# outside the plugin's budgets, so only the master key reaches it.
+CLIENT_ROUTES = frozenset(
+    {"/chat/completions", "/v1/chat/completions", "/completions", "/v1/completions", "/models", "/v1/models", *LiteLLMRoutes.model_info_routes.value}
+)
 
 
 def _strip_bearer(presented: str | None) -> str:
@@ -42,12 +47,6 @@ def _strip_bearer(presented: str | None) -> str:
 def _refuse(message: str, code: int = status.HTTP_401_UNAUTHORIZED) -> ProxyException:
     # LiteLLM renders a ProxyException as {"error": {"message", "type", "param", "code"}}.
     return ProxyException(message=message, type=ProxyErrorTypes.auth_error, param="api_key", code=code)
-
-
-def _is_llm_route(route: str) -> bool:
-    from litellm.proxy.auth.route_checks import RouteChecks
-
-    return route in _MODEL_LIST_ROUTES or RouteChecks.is_llm_api_route(route=route)
 
 
 def _is_public_route(route: str) -> bool:
@@ -98,8 +97,8 @@ class KeyRing:
         entry = self.find(digest)
         if entry is None:
             raise _refuse("Authentication Error: invalid API key")
-        if not _is_llm_route(route):
-            raise _refuse(f"key '{entry.alias}' may only call the LLM API routes; {route} needs the master key", status.HTTP_403_FORBIDDEN)
+        if route not in CLIENT_ROUTES:
+            raise _refuse(f"key '{entry.alias}' may only call chat completions, completions and the model list; {route} needs the master key", status.HTTP_403_FORBIDDEN)
         return self._client(entry)
 
     def _admin(self) -> UserAPIKeyAuth:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from glm_saver.classifier import Classification
 from glm_saver.request import RequestView
 from glm_saver.settings import SpeculativeSettings
+from glm_saver.routing.gate import Ticket, clamp
 from glm_saver.speculative import (
     CALL_KEY,
     Draft,
@@ -118,9 +119,15 @@ def test_parallel_drafts_are_sampled_for_variety() -> None:
     assert params == {"temperature": 0.8, "max_tokens": 100}
 
 
-def test_verify_params_clamp_max_tokens_for_cerebras() -> None:
-    assert verify_params({}, _view(), 16384)["max_tokens"] == 16384
-    assert verify_params({"max_tokens": 100_000}, _view(max_tokens=100_000), 16384)["max_tokens"] == 16384
+def test_the_gate_clamps_max_tokens_for_cerebras() -> None:
+    assert clamp(None, 16384) == 16384
+    assert clamp(100_000, 16384) == 16384
+    assert clamp(100, 16384) == 100
+
+
+def test_verify_params_ask_for_what_the_gate_granted() -> None:
+    ticket = Ticket(id="t", group="cerebras", key="k", max_tokens=4096, cost_usd=0.01)
+    assert verify_params({"max_tokens": 100_000, "temperature": 0.2}, ticket) == {"max_tokens": 4096, "temperature": 0.2}
 
 
 def test_internal_calls_name_the_caller_and_their_role_but_not_the_key() -> None:
