@@ -156,9 +156,11 @@ def spent_local_key(keyed: Proxy, cerebras_upstream: FakeUpstream, local_upstrea
     return keyed
 
 
+# Asks that can only be answered by Cerebras (a complex ask for glm-saver: a simple one may rightly
+# be answered locally while the budget still has a little left).
 SPENT_BUDGET_ASKS = {
     "chat-cerebras": ("/v1/chat/completions", chat_body(SIMPLE, model="cerebras")),
-    "text-completion-glm-saver": ("/v1/completions", {"model": "glm-saver", "prompt": SIMPLE, "max_tokens": 16}),
+    "text-completion-glm-saver": ("/v1/completions", {"model": "glm-saver", "prompt": COMPLEX, "max_tokens": 16}),
     "text-completion-cerebras": ("/v1/completions", {"model": "cerebras", "prompt": SIMPLE, "max_tokens": 16}),
 }
 
