@@ -33,15 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from glm_saver.classifier import ComplexityClassifier
-from glm_saver.calibration import quantile
-from glm_saver.features import DENSE_NAMES, extract
-from glm_saver.learned import LearnedModel, topic_value
+from glm_saver.classifier.rules import ComplexityClassifier
+from glm_saver.classifier.calibration import quantile
+from glm_saver.classifier.features import DENSE_NAMES, extract
+from glm_saver.classifier.learned import LearnedModel, topic_value
 from glm_saver.settings import DEFAULT_COMPLEXITY_KEYWORDS, DEFAULT_SIMPLE_KEYWORDS, ClassifierSettings
 from training.datasets import REPO, Item, coding, mmlu, of_split
 from training.metrics import curve
 
-OUT = REPO / "glm_saver" / "scorer_weights.json"
+OUT = REPO / "glm_saver" / "classifier" / "scorer_weights.json"
 # Function words inside keyword phrases ("what is", "add a comment") stay learnable.
 _KEEP = {"a", "the", "is", "by", "you", "what", "s", "step"}
 # Words too common to say anything about an ask's topic; they would only dilute the mean.

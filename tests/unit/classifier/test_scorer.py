@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from glm_saver.classifier import ComplexityClassifier
-from glm_saver.features import SCAN_CHARS, extract
-from glm_saver.learned import shipped_model
+from glm_saver.classifier.features import SCAN_CHARS, extract
+from glm_saver.classifier.learned import shipped_model
 from glm_saver.settings import DEFAULT_COMPLEXITY_KEYWORDS, ClassifierSettings
 from tests import cline_shapes as cline
 from training.datasets import coding, of_split

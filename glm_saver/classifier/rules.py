@@ -9,7 +9,7 @@
 The score is a logistic squash of additive evidence from two sources:
 - the rules users configure: keywords (complex ones push up, simple ones pull down), the ask's
   length against `token_threshold`, and extra regex rules;
-- a small learned model over cheap text features (glm_saver/learned.py, weights shipped in the
+- a small learned model over cheap text features (glm_saver/classifier/learned.py, weights shipped in the
   package), trained on top of the default rules to explain what they miss. It never scores the
   words of the default keyword lists, so the rules keep full control of them.
 Every piece of evidence that moved the score becomes a reason. The label compares the score with
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from glm_saver.calibration import load_scores, threshold_for_share
-from glm_saver.learned import Contribution, LearnedModel, shipped_model
+from glm_saver.classifier.calibration import load_scores, threshold_for_share
+from glm_saver.classifier.learned import Contribution, LearnedModel, shipped_model
 from glm_saver.request import latest_ask
 from glm_saver.settings import ClassifierSettings, ConfigError
 from glm_saver.tokens import count_tokens

@@ -21,10 +21,9 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from glm_saver.features import DENSE_NAMES, extract
+from glm_saver.classifier.features import DENSE_NAMES, extract
 
 WEIGHTS_FILE = "scorer_weights.json"
 
@@ -52,10 +51,6 @@ class LearnedModel:
         unknown = {name for name, _, _ in self.dense} - set(DENSE_NAMES)
         if unknown:
             raise ValueError(f"scorer weights name unknown features: {', '.join(sorted(unknown))}")
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> LearnedModel:
-        return cls(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def evidence(self, ask: str) -> tuple[float, list[Contribution]]:
         features = extract(ask)
@@ -89,5 +84,5 @@ def topic_value(words: frozenset[str] | set[str], table: dict[str, float], neutr
 @lru_cache(maxsize=1)
 def shipped_model() -> LearnedModel:
     """The model trained by training/train_scorer.py, read once from the package."""
-    text = resources.files("glm_saver").joinpath(WEIGHTS_FILE).read_text(encoding="utf-8")
+    text = resources.files("glm_saver.classifier").joinpath(WEIGHTS_FILE).read_text(encoding="utf-8")
     return LearnedModel(json.loads(text))
