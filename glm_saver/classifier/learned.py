@@ -1,18 +1,16 @@
-"""The learned half of the complexity score: a logistic model over cheap text features.
+"""The learned half of the complexity score: a logistic model over what the ask means and its shape.
 
-Its weights ship inside the package (scorer_weights.json, written by training/train_scorer.py);
-nothing is downloaded and nothing but the standard library runs. The model adds to the rule
-evidence of the classifier (keywords, length, regex rules), which it was trained on top of, so a
-keyword a user configures moves the score exactly as much as it did without the model.
+Inputs (the same functions feed training/train_scorer.py, so the model sees what it was fitted on):
+- the meaning of the ask: its unit-length WordLlama embedding (semantic.py), read with the end of
+  the conversation's earlier asks as context;
+- its shape: length, lines, numbers, math, code, names from a codebase, ... (features.py).
+It adds to the rule evidence of the classifier (keywords, length against `token_threshold`, regex
+rules), which it was fitted on top of, so a configured keyword moves the score by its weight.
 
-Besides the dense features of features.py there is one learned "topic" feature: the mean, over the
-ask's words, of each word's smoothed log-odds of needing the strong model in the training data
-(a naive-Bayes-like prior that tells, say, a proof or a concurrency bug from a rename), shrunk
-toward 0 for asks with few known words.
-
-Each feature's contribution is measured from a reference value at which it says nothing (absent,
-or for the length the typical training ask), so "ask length (+0.4)" means longer than usual and
-pushing toward Cerebras, and the contributions explain the score: bias + sum(contributions) = logit.
+Each contribution is measured from a reference value at which it says nothing (absent, or for the
+length and the meaning the typical training ask), so "ask length (+0.4)" means longer than usual
+and pushing toward Cerebras, and bias + sum(contributions) = the model's logit.
+The weights ship inside the package (scorer_weights.json, written by training/train_scorer.py).
 """
 
 from __future__ import annotations
@@ -23,9 +21,15 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
+
 from glm_saver.classifier.features import DENSE_NAMES, extract
+from glm_saver.classifier.semantic import DIMENSIONS, Embedder, embedder, embedding_text
 
 WEIGHTS_FILE = "scorer_weights.json"
+FORMAT = 2
+# The reason for the meaning names the ask's tokens that pushed hardest in its direction.
+_REASON_TOKENS = 2
 
 
 @dataclass(frozen=True)
@@ -35,54 +39,63 @@ class Contribution:
 
 
 class LearnedModel:
-    """Weights of one trained model; `evidence(ask)` gives the bias and per-feature contributions."""
+    """Weights of one trained model; `evidence(ask, context)` gives the bias and the contributions."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        dense = data["dense"]
+    def __init__(self, data: dict[str, Any], embeddings: Embedder | None = None) -> None:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"scorer weights: format {data.get('format')!r}, this version reads {FORMAT}")
         self.intercept = float(data["intercept"])
         # (name, weight per unit, reference value) of each dense feature.
-        self.dense = [(name, float(spec["weight"]), float(spec["reference"])) for name, spec in dense.items()]
-        topic = data["topic"]
-        self.topic_weight = float(topic["weight"])
-        self.topic_neutral_words = float(topic["neutral_words"])
-        self.topic_words: dict[str, float] = {word: float(odds) for word, odds in topic["words"].items()}
-        self.reference_quantiles: list[float] = [float(q) for q in data.get("reference_quantiles", [])]
-        self.info: dict[str, Any] = data.get("info", {})
+        self.dense = [(name, float(spec["weight"]), float(spec["reference"])) for name, spec in data["dense"].items()]
         unknown = {name for name, _, _ in self.dense} - set(DENSE_NAMES)
         if unknown:
             raise ValueError(f"scorer weights name unknown features: {', '.join(sorted(unknown))}")
+        semantic = data["semantic"]
+        self.semantic_weights = np.array(semantic["weights"], dtype=np.float64)
+        if self.semantic_weights.shape != (DIMENSIONS,):
+            raise ValueError(f"scorer weights: {len(self.semantic_weights)} semantic weights, expected {DIMENSIONS}")
+        self.semantic_reference = float(semantic["reference"])
+        self.reference_quantiles: list[float] = [float(q) for q in data.get("reference_quantiles", [])]
+        self.info: dict[str, Any] = data.get("info", {})
+        self._embeddings = embeddings or embedder()
+        # Each vocabulary token's projection on the weights: names the tokens behind the meaning.
+        self._token_push = self._embeddings.table @ self.semantic_weights
 
-    def evidence(self, ask: str) -> tuple[float, list[Contribution]]:
-        features = extract(ask)
+    def evidence(self, ask: str, context: str = "") -> tuple[float, list[Contribution]]:
+        """The model's bias and what each feature adds, for an ask read with its earlier context."""
+        features = extract(f"{ask}\n{context}" if context else ask)
         contributions = []
         for name, weight, reference in self.dense:
             value = weight * (features.dense[name] - reference)
             if value:
                 contributions.append(Contribution(value, DENSE_NAMES[name]))
-        value = self.topic_weight * topic_value(features.words, self.topic_words, self.topic_neutral_words)
-        if value:
-            contributions.append(Contribution(value, f"topic ({self._leading_words(features.words, value > 0)})"))
+        contributions.append(self._meaning(embedding_text(ask, context)))
         return self.intercept, contributions
 
-    def _leading_words(self, words: frozenset[str], harder: bool) -> str:
-        """The two known words that push the topic hardest in its direction, for the reason."""
-        known = [(self.topic_words[word], word) for word in words if word in self.topic_words]
-        leading = sorted(known, reverse=harder)[:2]
-        return ", ".join(f"'{word}'" for _, word in leading) or "no known words"
+    def _meaning(self, text: str) -> Contribution:
+        ids = self._embeddings.token_ids(text)
+        vector = self._embeddings.vector_of(ids)
+        value = float(vector @ self.semantic_weights) - self.semantic_reference
+        return Contribution(value, f"meaning of the ask ({self._leading_tokens(ids, value > 0)})")
+
+    def _leading_tokens(self, ids: list[int], harder: bool) -> str:
+        """The ask's words whose meaning pushes hardest in the score's direction, for the reason."""
+        words: dict[str, float] = {}
+        for token in set(ids):
+            word = self._embeddings.word(token)
+            if len(word) > 2 and word.isalpha():
+                words[word] = float(self._token_push[token])
+        leading = sorted(words, key=lambda w: words[w], reverse=harder)[:_REASON_TOKENS]
+        return ", ".join(f"'{word}'" for word in leading) or "no words"
 
 
-def topic_value(words: frozenset[str] | set[str], table: dict[str, float], neutral_words: float) -> float:
-    """The topic feature: mean log-odds of the ask's known words, plus `neutral_words` at 0.
-
-    The neutral words keep an ask with one or two known words from taking their log-odds at
-    full strength ("please frobnicate the widget" is not an easy ask because of "please").
-    """
-    known = [table[word] for word in words if word in table]
-    return sum(known) / (len(known) + neutral_words) if known else 0.0
+@lru_cache(maxsize=1)
+def shipped_weights() -> dict[str, Any]:
+    text = resources.files("glm_saver.classifier").joinpath(WEIGHTS_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
 
 
 @lru_cache(maxsize=1)
 def shipped_model() -> LearnedModel:
     """The model trained by training/train_scorer.py, read once from the package."""
-    text = resources.files("glm_saver.classifier").joinpath(WEIGHTS_FILE).read_text(encoding="utf-8")
-    return LearnedModel(json.loads(text))
+    return LearnedModel(shipped_weights())
