@@ -10,8 +10,10 @@ tuned on the held-out one; then every router ranks the held-out asks:
 - AlpacaEval judge preferences (all 800 prompts; CC BY-NC, so evaluation only: the router held out
   from it is the shipped one, fitted on the three other sources);
 - our coding-assistant asks (test split; sent as real Cline requests).
-Routers: the new router, today's scorer (bench/scorer_v1.py: fitted on MMLU and coding train
-splits, so on those two sources it is not held out), the rules alone, LiteLLM's complexity router
+Routers: the new router (refitted without the held-out source), the shipped new router (fitted on
+all three shippable sources: on MMLU, Arena-Hard and coding it is NOT held out, shown for
+comparison with today's scorer), today's scorer (bench/scorer_v1.py: fitted on MMLU and coding
+train splits, so on those two sources it is not held out either), the rules alone, LiteLLM's complexity router
 (its default classifier called directly on the ask), token count, and random (20 seeds).
 
 Printed per source: APGR (area under the performance-gap-recovered curve; random = 0.5) with a
@@ -78,9 +80,11 @@ def litellm_scorer() -> Scorer:
 
 
 def fixed_scorers() -> dict[str, Scorer]:
+    shipped = ComplexityClassifier()
     v1 = ScorerV1()
     rules = ComplexityClassifier(ClassifierSettings(learned_model=False))
     return {
+        "shipped new (not held out)": lambda m: shipped.classify(m).score,
         "today's scorer (v1)": v1.score,
         "rules only": lambda m: rules.classify(m).score,
         LITELLM: litellm_scorer(),

@@ -2,7 +2,9 @@
 
 - rules.py: `ComplexityClassifier` (the stable public API) and the configurable rules
   (keywords, regex rules, length against `token_threshold`), custom classifiers by dotted path;
-- learned.py, features.py: the learned part of the score, its weights in scorer_weights.json;
+- learned.py: the learned part of the score (weights in scorer_weights.json, written by
+  training/train_scorer.py) over semantic.py (what the ask means: an offline WordLlama embedding,
+  and the conversation's earlier asks as context) and features.py (the ask's shape);
 - calibration.py: the threshold for a `target_cloud_share` from a traffic sample.
 
     from glm_saver.classifier import ComplexityClassifier

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from glm_saver.classifier.calibration import load_scores, threshold_for_share
-from glm_saver.classifier.learned import Contribution, LearnedModel, shipped_model
+from glm_saver.classifier.learned import LearnedModel, shipped_model
 from glm_saver.classifier.semantic import context_of, conversation_asks
 from glm_saver.settings import ClassifierSettings, ConfigError
 from glm_saver.tokens import count_tokens
