@@ -60,6 +60,7 @@ class LearnedModel:
         self._embeddings = embeddings or embedder()
         # Each vocabulary token's projection on the weights: names the tokens behind the meaning.
         self._token_push = self._embeddings.table @ self.semantic_weights
+        self._nameable = self._embeddings.nameable()
 
     def evidence(self, ask: str, context: str = "") -> tuple[float, list[Contribution]]:
         """The model's bias and what each feature adds, for an ask read with its earlier context."""
@@ -80,13 +81,12 @@ class LearnedModel:
 
     def _leading_tokens(self, ids: list[int], harder: bool) -> str:
         """The ask's words whose meaning pushes hardest in the score's direction, for the reason."""
-        words: dict[str, float] = {}
-        for token in set(ids):
-            word = self._embeddings.word(token)
-            if len(word) > 2 and word.isalpha():
-                words[word] = float(self._token_push[token])
-        leading = sorted(words, key=lambda w: words[w], reverse=harder)[:_REASON_TOKENS]
-        return ", ".join(f"'{word}'" for word in leading) or "no words"
+        tokens = np.unique(np.asarray(ids, dtype=np.int64))
+        tokens = tokens[(tokens >= 0) & (tokens < len(self._nameable))]
+        tokens = tokens[self._nameable[tokens]]
+        push = self._token_push[tokens] * (1.0 if harder else -1.0)
+        leading = tokens[np.argsort(-push, kind="stable")[:_REASON_TOKENS]]
+        return ", ".join(f"'{self._embeddings.word(int(token))}'" for token in leading) or "no words"
 
 
 @lru_cache(maxsize=1)

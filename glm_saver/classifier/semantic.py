@@ -56,6 +56,11 @@ class Embedder:
     def vector(self, text: str) -> np.ndarray:
         return self.vector_of(self.token_ids(text))
 
+    def nameable(self) -> np.ndarray:
+        """Per vocabulary token: does it start a word of 3+ letters (worth naming in a reason)?"""
+        words = [self.word(token) for token in range(len(self.table))]
+        return np.array([len(word) > 2 and word.isalpha() for word in words], dtype=bool)
+
     def word(self, token: int) -> str:
         """A token that starts a word, as text for reasons ('' for a piece inside a word)."""
         piece = self._tokenizer.id_to_token(token) or ""
