@@ -28,7 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glm_saver.local_server import EMBEDDED_ALIAS
+from glm_saver.launcher.local_server import EMBEDDED_ALIAS
 from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config
 from tests.e2e.proxy import MASTER_KEY, Proxy
 

@@ -7,15 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from glm_saver.local_model import InstallError, Layout, cache_dir, install
-from glm_saver.local_server import (
+from glm_saver.launcher.local_model import InstallError, Layout, cache_dir, install
+from glm_saver.launcher.local_server import (
     DEFAULT_PARALLEL,
     DEFAULT_PORT,
     DEFAULT_SLOT_CONTEXT,
     ServeOptions,
     server_command,
 )
-from glm_saver.processes import ChildFailed
+from glm_saver.launcher.processes import ChildFailed
 
 EXIT_NEEDS_ACTION = 3
 
@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from glm_saver.up import UpOptions, run
+    from glm_saver.launcher.up import UpOptions, run
 
     options = UpOptions(config=Path(args.config).expanduser().resolve(), layout=_layout(args), serve=_serve_options(args), port=args.port)
     try:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from glm_saver.local_model import Layout, cache_dir
-from glm_saver.local_server import ServeOptions
+from glm_saver.launcher.local_model import Layout, cache_dir
+from glm_saver.launcher.local_server import ServeOptions
 from glm_saver.settings import settings_from_config
-from glm_saver.up import derive_config
+from glm_saver.launcher.up import derive_config
 from tests.e2e.proxy import REPO, SHIPPED_CONFIG, free_port, stop_process, wait_for_http
 
 START_TIMEOUT = 120.0

@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from glm_saver.local_server import EMBEDDED_ALIAS
+from glm_saver.launcher.local_server import EMBEDDED_ALIAS
 from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config, installed_layout
 from tests.e2e.proxy import MASTER_KEY, REPO, SHIPPED_CONFIG, Proxy, free_port
 from tests.e2e.tap import Tap

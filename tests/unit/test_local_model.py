@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from glm_saver.cli import main
-from glm_saver.local_model import (
+from glm_saver.launcher.local_model import (
     CMAKE_FLAGS,
     BuildProgress,
     InstallError,
@@ -22,7 +22,7 @@ from glm_saver.local_model import (
     cache_dir,
     check_toolchain,
 )
-from glm_saver.local_server import (
+from glm_saver.launcher.local_server import (
     EMBEDDED_ALIAS,
     QA_STOP,
     QA_TEMPLATE,
@@ -30,7 +30,7 @@ from glm_saver.local_server import (
     server_command,
 )
 from glm_saver.settings import settings_from_config
-from glm_saver.up import derive_config, master_key
+from glm_saver.launcher.up import derive_config, master_key
 from tests.e2e.proxy import SHIPPED_CONFIG
 
 

@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from glm_saver.deployments import api_key_configured
-from glm_saver.local_model import Layout
-from glm_saver.local_server import OUTPUT_RESERVE, ServeOptions, server_command
-from glm_saver.processes import (
+from glm_saver.launcher.local_model import Layout
+from glm_saver.launcher.local_server import OUTPUT_RESERVE, ServeOptions, server_command
+from glm_saver.launcher.processes import (
     ChildFailed,
     Stopped,
     Supervisor,

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from glm_saver.local_model import InstallError, Layout
+from glm_saver.launcher.local_model import InstallError, Layout
 
 DEFAULT_PORT = 8181
 DEFAULT_PARALLEL = 3
