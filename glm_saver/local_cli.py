@@ -85,12 +85,12 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", help="where the model and llama-server live (default $GLM_SAVER_CACHE_DIR or ~/.cache/glm-saver)")
+    parser.add_argument("--cache-dir", help="where the model, a compiled llama-server and the logs live (default $GLM_SAVER_CACHE_DIR or ~/.cache/glm-saver)")
 
 
 def _add_serve_options(parser: argparse.ArgumentParser, port_flag: str) -> None:
     parser.add_argument("--model", help="serve this .gguf (with its own chat template) instead of the embedded Gemma 3 270M")
-    parser.add_argument(port_flag, dest="local_port", type=int, default=DEFAULT_PORT, help=f"llama-server's port (default {DEFAULT_PORT})")
+    parser.add_argument(port_flag, dest="local_port", type=int, default=DEFAULT_PORT, help=f"the model server's port (default {DEFAULT_PORT})")
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, help=f"requests served at once (default {DEFAULT_PARALLEL})")
     parser.add_argument("--context", type=int, default=DEFAULT_SLOT_CONTEXT, help=f"context tokens per request (default {DEFAULT_SLOT_CONTEXT})")
     parser.add_argument("--threads", type=int, help="CPU threads (default: half the CPUs, at least 1)")

@@ -91,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _exit_now)
     print(f"serve_prebuilt: xllamacpp {xllamacpp.__version__} listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
-    while server is not None:
-        signal.pause()
+    while server is not None:  # holds the reference: the server lives as long as its object
+        signal.pause()  # until SIGINT / SIGTERM end the process in _exit_now
 
 
 if __name__ == "__main__":
