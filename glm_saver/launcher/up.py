@@ -3,10 +3,11 @@
 1. If the config's local base URL already answers (a running Ollama, llama.cpp, LM Studio), it
    wins and the config is used as it is.
 2. Otherwise the embedded model (`glm-saver local-model install`) is started on its server (the
-   prebuilt xllamacpp one, or `--server built`) and must answer one short completion; the proxy gets a *derived* config: LiteLLM's `os.environ/VAR` has no default, so the
-   local group's api_base cannot point at "the embedded server unless set". The derived copy,
-   written to <cache>/run/<port>/ with the config's hooks/ beside it (LiteLLM loads the plugin
-   shim relative to the config), differs only in the local group's model, api_base and window.
+   prebuilt xllamacpp one, or `--server built`) and must answer one short completion. The proxy
+   gets a *derived* config: LiteLLM's `os.environ/VAR` has no default, so the local group's
+   api_base cannot point at "the embedded server unless set". The derived copy, written to
+   <cache>/run/<port>/ with the config's hooks/ beside it (LiteLLM loads the plugin shim relative
+   to the config), differs only in the local group's model, api_base and window.
 3. `litellm --config ...` starts; once both answer, "ready" and what to put into Cline are
    printed. Ctrl-C or SIGTERM stops the proxy, then the model; nothing is left running.
 """
