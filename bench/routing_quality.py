@@ -1,27 +1,31 @@
-"""Routing quality: which scorer sends the right asks to the cloud, and how fast it decides.
+"""Routing quality on sources a router was not fitted on, and how fast it decides.
 
-    python bench/routing_quality.py [--bootstrap 300] [--rounds 2000]
+    python bench/routing_quality.py [--bootstrap 1000] [--rounds 2000]
 
-On the held-out `test` splits (never used in training or tuning; training/datasets.py) of
-- MMLU with per-model correctness (weak Mixtral = local, strong GPT-4 = cloud), and
-- our coding-assistant asks (training/coding_asks.tsv; sent as real Cline requests),
-it ranks the asks with each scorer and prints the quality-versus-cloud-share curve as the
-performance gap recovered (PGR) at a few cloud shares, APGR (the area under it; random = 0.5), and
-the cloud share needed to recover 50% and 80% of the gap. Scorers: ours (the default
-ComplexityClassifier), ours with rules only, LiteLLM's complexity router (its default heuristic
-classifier, and its trained heuristic_v2, both called directly), plain token count, and random
-(the mean of 20 seeds). A paired bootstrap says how often ours beats LiteLLM's default on a
-resample of the test set.
+Each source is held out in turn. The new router is refitted by training/train_scorer.py on the
+other shippable sources only (ridge and blend chosen by leave-one-source-out among *those*), never
+tuned on the held-out one; then every router ranks the held-out asks:
+- MMLU with per-model correctness (test split; Mixtral local, GPT-4 cloud);
+- Arena-Hard judge preferences (all 500 prompts; GPT-4-0314 vs five weaker models, GPT-4 Turbo judge);
+- AlpacaEval judge preferences (all 800 prompts; CC BY-NC, so evaluation only: the router held out
+  from it is the shipped one, fitted on the three other sources);
+- our coding-assistant asks (test split; sent as real Cline requests).
+Routers: the new router (refitted without the held-out source), the shipped new router (fitted on
+all three shippable sources: on MMLU, Arena-Hard and coding it is NOT held out, shown for
+comparison with today's scorer), today's scorer (bench/scorer_v1.py: fitted on MMLU and coding
+train splits, so on those two sources it is not held out either), the rules alone, LiteLLM's complexity router
+(its default classifier called directly on the ask), token count, and random (20 seeds).
 
-Then the time per decision (p50, p99) of ours and LiteLLM's on short asks and on a 60 KB
-Cline-shaped request, the token cache cleared before each call (every ask is new traffic).
+Printed per source: APGR (area under the performance-gap-recovered curve; random = 0.5) with a
+bootstrap 95% interval over the asks, the cloud share needed to recover 50% and 80% of the gap,
+and the paired bootstrap interval of the new router's APGR minus LiteLLM's and minus token count's.
+Then the time per decision (p50, p99) on short asks and a 60 KB Cline request.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
 import time
@@ -29,45 +33,62 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.scorer_v1 import ScorerV1  # noqa: E402
 from glm_saver import tokens  # noqa: E402
 from glm_saver.classifier import ComplexityClassifier  # noqa: E402
 from glm_saver.request import latest_ask  # noqa: E402
 from glm_saver.settings import ClassifierSettings  # noqa: E402
 from tests import cline_shapes as cline  # noqa: E402
-from training.datasets import Item, coding, mmlu, of_split  # noqa: E402
-from training.metrics import Curve, curve  # noqa: E402
+from training import train_scorer  # noqa: E402
+from training.datasets import SHIPPABLE, Item, coding, mmlu, of_split, preferences  # noqa: E402
+from training.metrics import curve  # noqa: E402
 
-SHARES = (0.1, 0.2, 0.3, 0.5, 0.7)
 Scorer = Callable[[list[dict[str, Any]]], float]
+NEW = "new router"
+LITELLM = "litellm complexity router"
+TOKENS = "token count"
 
 
-def litellm_scorers() -> dict[str, Scorer]:
-    """LiteLLM's complexity router, its classifiers called directly on the user's ask."""
+def held_out_sets() -> dict[str, tuple[list[Item], bool]]:
+    """name -> (held-out asks, sent as Cline requests)."""
+    return {
+        "mmlu": (of_split(mmlu(), "test"), False),
+        "arena_hard": (preferences("arena_hard"), False),
+        "alpaca_eval": (preferences("alpaca_eval"), False),
+        "coding": (of_split(coding(), "test"), True),
+    }
+
+
+def new_router_without(held: str) -> ComplexityClassifier:
+    """The new router refitted on the shippable sources other than `held`."""
+    sources = [name for name in SHIPPABLE if name != held]
+    return train_scorer.classifier_of(train_scorer.shipped(sources, log=False))
+
+
+def litellm_scorer() -> Scorer:
     from litellm.router_strategy.complexity_router import ComplexityRouter
 
-    heuristic = ComplexityRouter("bench", None)
-    trained = ComplexityRouter("bench", None, {"classifier_type": "heuristic_v2"})
-
-    def v2(messages: list[dict[str, Any]]) -> float:
-        forecast = trained._classify_locally(latest_ask(messages), None).heuristic_v2_forecast
-        return -forecast["probabilities"]["SIMPLE"]  # less likely the cheapest tier succeeds = harder
-
-    return {"litellm (default heuristic)": lambda m: heuristic.classify(latest_ask(m))[1], "litellm heuristic_v2": v2}
+    router = ComplexityRouter("bench", None)
+    return lambda m: router.classify(latest_ask(m))[1]
 
 
-def scorers() -> dict[str, Scorer]:
-    ours = ComplexityClassifier()
+def fixed_scorers() -> dict[str, Scorer]:
+    shipped = ComplexityClassifier()
+    v1 = ScorerV1()
     rules = ComplexityClassifier(ClassifierSettings(learned_model=False))
     return {
-        "ours": lambda m: ours.classify(m).score,
-        "ours, rules only": lambda m: rules.classify(m).score,
-        **litellm_scorers(),
-        "token count": lambda m: tokens.count_tokens(latest_ask(m)),
+        "shipped new (not held out)": lambda m: shipped.classify(m).score,
+        "today's scorer (v1)": v1.score,
+        "rules only": lambda m: rules.classify(m).score,
+        LITELLM: litellm_scorer(),
+        TOKENS: lambda m: tokens.count_tokens(latest_ask(m)),
     }
 
 
@@ -75,51 +96,74 @@ def requests(items: Sequence[Item], as_cline: bool) -> list[list[dict[str, Any]]
     return [cline.vscode_task(item.text) if as_cline else [{"role": "user", "content": item.text}] for item in items]
 
 
-def random_curves(items: Sequence[Item], seeds: int = 20) -> list[Curve]:
-    return [curve(items, [random.Random(seed).random() for _ in items]) for seed in range(seeds)]
+def fast_apgr(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> float:
+    """training.metrics.curve(...).apgr, vectorised for the bootstrap (ties routed as a block)."""
+    n = len(scores)
+    gap = strong.mean() - weak.mean()
+    order = np.argsort(-scores, kind="stable")
+    ranked, gain = scores[order], (strong - weak)[order]
+    # Within a run of equal scores every ask gains the run's mean.
+    starts = np.flatnonzero(np.concatenate([[True], ranked[1:] != ranked[:-1]]))
+    sums = np.add.reduceat(gain, starts)
+    sizes = np.diff(np.concatenate([starts, [n]]))
+    smoothed = np.repeat(sums / sizes, sizes)
+    pgr = np.concatenate([[0.0], np.cumsum(smoothed)]) / n / gap
+    return float(((pgr[1:] + pgr[:-1]) / 2).sum() / n)
 
 
-def paired_bootstrap(items: Sequence[Item], ours: Sequence[float], theirs: Sequence[float], rounds: int) -> float:
-    """Share of resamples of the test set on which our APGR beats theirs."""
-    rng = random.Random(7)
-    wins = 0
+def bootstrap(scores: dict[str, np.ndarray], items: Sequence[Item], rounds: int) -> dict[str, np.ndarray]:
+    """APGR of every router on `rounds` resamples of the asks (the same resamples for all: paired)."""
+    weak = np.array([float(i.weak_correct) for i in items])
+    strong = np.array([float(i.strong_correct) for i in items])
+    rng = np.random.default_rng(7)
+    out: dict[str, list[float]] = {name: [] for name in scores}
     for _ in range(rounds):
-        pick = [rng.randrange(len(items)) for _ in items]
-        sample = [items[i] for i in pick]
-        try:
-            wins += curve(sample, [ours[i] for i in pick]).apgr > curve(sample, [theirs[i] for i in pick]).apgr
-        except ValueError:  # a resample with no gap to recover
-            continue
-    return wins / rounds
+        pick = rng.integers(0, len(items), len(items))
+        if strong[pick].mean() <= weak[pick].mean():
+            continue  # no gap to recover in this resample
+        for name, values in scores.items():
+            out[name].append(fast_apgr(values[pick], weak[pick], strong[pick]))
+    return {name: np.array(values) for name, values in out.items()}
 
 
-def report_set(name: str, items: list[Item], as_cline: bool, all_scorers: dict[str, Scorer], bootstrap: int) -> None:
+def interval(values: np.ndarray) -> str:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def report_set(name: str, items: list[Item], as_cline: bool, scorers: dict[str, Scorer], rounds: int) -> dict[str, float]:
     messages = requests(items, as_cline)
-    hard = sum(item.needs_strong for item in items)
-    print(f"\n== {name}: {len(items)} held-out asks ({hard} need the strong model)")
-    print(f"{'scorer':<30}{'APGR':>7}{'50% gap':>9}{'80% gap':>9}   PGR at cloud share " + " ".join(f"{s:>5.0%}" for s in SHARES))
-    scores: dict[str, list[float]] = {}
-    for label, scorer in all_scorers.items():
-        scores[label] = [scorer(m) for m in messages]
-        _print_curve(label, curve(items, scores[label]))
-    randoms = random_curves(items)
-    mean = Curve(randoms[0].shares, [statistics.fmean(c.pgr[i] for c in randoms) for i in range(len(randoms[0].pgr))])
-    _print_curve("random (mean of 20)", mean)
-    if bootstrap:
-        share = paired_bootstrap(items, scores["ours"], scores["litellm (default heuristic)"], bootstrap)
-        print(f"ours beats litellm (default heuristic) on {share:.1%} of {bootstrap} bootstrap resamples")
+    gap = statistics.fmean(i.gain for i in items)
+    print(f"\n== held out: {name}, {len(items)} asks (mean gain of the strong model {gap:.3f})")
+    print(f"{'router':<28}{'APGR':>7}  {'95% interval':<17}{'50% gap':>9}{'80% gap':>9}")
+    scores = {label: np.array([float(scorer(m)) for m in messages]) for label, scorer in scorers.items()}
+    resampled = bootstrap(scores, items, rounds)
+    figures = {}
+    for label, values in scores.items():
+        result = curve(items, list(values))
+        assert abs(result.apgr - fast_apgr(values, *_sides(items))) < 1e-9  # the bootstrap measures the same thing
+        figures[label] = result.apgr
+        print(f"{label:<28}{result.apgr:>7.3f}  {interval(resampled[label]):<17}{result.share_to_recover(0.5):>9.1%}{result.share_to_recover(0.8):>9.1%}")
+    randoms = [curve(items, list(np.random.default_rng(seed).random(len(items)))) for seed in range(20)]
+    apgrs = [c.apgr for c in randoms]
+    print(
+        f"{'random (20 seeds)':<28}{statistics.fmean(apgrs):>7.3f}  {'sd ' + format(statistics.stdev(apgrs), '.3f'):<17}"
+        f"{statistics.fmean(c.share_to_recover(0.5) for c in randoms):>9.1%}{statistics.fmean(c.share_to_recover(0.8) for c in randoms):>9.1%}"
+    )
+    for other in (LITELLM, TOKENS):
+        diff = resampled[NEW] - resampled[other]
+        print(f"  {NEW} - {other}: {figures[NEW] - figures[other]:+.3f}  95% {interval(diff)}  (above 0 on {np.mean(diff > 0):.0%} of {len(diff)} resamples)")
+    return figures
 
 
-def _print_curve(label: str, result: Curve) -> None:
-    n = len(result.shares) - 1
-    at = " ".join(f"{result.pgr[round(share * n)]:>5.2f}" for share in SHARES)
-    print(f"{label:<30}{result.apgr:>7.3f}{result.share_to_recover(0.5):>9.1%}{result.share_to_recover(0.8):>9.1%}   {'':>19}{at}")
+def _sides(items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([float(i.weak_correct) for i in items]), np.array([float(i.strong_correct) for i in items])
 
 
-def timings(scorer: Scorer, requests_: Sequence[list[dict[str, Any]]], rounds: int) -> tuple[float, float]:
+def timings(scorer: Scorer, batch: Sequence[list[dict[str, Any]]], rounds: int) -> tuple[float, float]:
     times = []
     for i in range(rounds):
-        messages = requests_[i % len(requests_)]
+        messages = batch[i % len(batch)]
         tokens._counts.clear()  # every ask is new traffic: no cached token count
         began = time.perf_counter()
         scorer(messages)
@@ -128,29 +172,34 @@ def timings(scorer: Scorer, requests_: Sequence[list[dict[str, Any]]], rounds: i
     return times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
 
 
-def report_timings(all_scorers: dict[str, Scorer], asks: Sequence[str], rounds: int) -> None:
+def report_timings(scorers: dict[str, Scorer], asks: Sequence[str], rounds: int) -> None:
     short = [[{"role": "user", "content": ask}] for ask in asks]
     big = [cline.vscode_task_of_size(ask, 60_000) for ask in asks[:50]]
-    size = sum(len(t) for m in big[0] for t in ([m["content"]] if isinstance(m["content"], str) else [p["text"] for p in m["content"]]))
-    print(f"\n== time per decision, ms (p50 / p99, {rounds} calls; the Cline request is {size / 1000:.0f} KB)")
-    for label in ("ours", "litellm (default heuristic)"):
-        scorer = all_scorers[label]
+    print(f"\n== time per decision, ms (p50 / p99, {rounds} calls, token cache cleared before each)")
+    for label in (NEW, LITELLM):
         for kind, batch in (("short asks", short), ("60 KB Cline request", big)):
-            scorer(batch[0])  # warm up
-            p50, p99 = timings(scorer, batch, rounds)
-            print(f"{label:<30}{kind:<22}p50 {p50:6.3f}   p99 {p99:6.3f}")
+            scorers[label](batch[0])  # warm up
+            p50, p99 = timings(scorers[label], batch, rounds)
+            print(f"{label:<28}{kind:<22}p50 {p50:6.3f}   p99 {p99:6.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", type=int, default=300, help="paired bootstrap resamples (0: skip)")
-    parser.add_argument("--rounds", type=int, default=2000, help="timed calls per scorer and request shape")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per held-out source")
+    parser.add_argument("--rounds", type=int, default=2000, help="timed calls per router and request shape")
     args = parser.parse_args()
-    all_scorers = scorers()
-    code_test = of_split(coding(), "test")
-    report_set("MMLU held-out", of_split(mmlu(), "test"), False, all_scorers, args.bootstrap)
-    report_set("coding-assistant asks held-out (as Cline requests)", code_test, True, all_scorers, args.bootstrap)
-    report_timings(all_scorers, [item.text for item in code_test], args.rounds)
+    fixed = fixed_scorers()
+    summary = {}
+    for name, (items, as_cline) in held_out_sets().items():
+        router = new_router_without(name)
+        scorers = {NEW: lambda m, r=router: r.classify(m).score, **fixed}
+        summary[name] = report_set(name, items, as_cline, scorers, args.bootstrap)
+    print("\n== APGR by held-out source")
+    print(f"{'router':<28}" + "".join(f"{name:>13}" for name in summary))
+    for label in next(iter(summary.values())):
+        print(f"{label:<28}" + "".join(f"{figures[label]:>13.3f}" for figures in summary.values()))
+    shipped = ComplexityClassifier()
+    report_timings({NEW: lambda m: shipped.classify(m).score, **fixed}, [i.text for i in of_split(coding(), "test")], args.rounds)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,24 @@ upstream, so it is inserted ahead of LiteLLM's route (the first matching route w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends
 from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 
-if TYPE_CHECKING:
-    from glm_saver.plugin import GlmSaver
+
+class StateSource(Protocol):
+    """What the routes read: the plugin, seen through the two calls they need."""
+
+    def health(self) -> dict[str, Any]: ...
+
+    async def stats_snapshot(self) -> dict[str, Any]: ...
 
 HEALTH_PATH = "/health"
 STATS_PATH = "/stats"
 
 
-def build_router(plugin: GlmSaver) -> APIRouter:
+def build_router(plugin: StateSource) -> APIRouter:
     router = APIRouter(tags=["glm-saver"])
 
     @router.get(HEALTH_PATH)
@@ -32,11 +37,15 @@ def build_router(plugin: GlmSaver) -> APIRouter:
     return router
 
 
-def install_routes(plugin: GlmSaver) -> None:
-    from litellm.proxy.proxy_server import app
+def install_routes(plugin: StateSource) -> None:
+    from glm_saver import proxy
 
+    app = proxy.app()
     ours = build_router(plugin).routes
     paths = {route.path for route in ours}
     # A reload of the plugin must replace, not stack, its routes.
     kept = [route for route in app.router.routes if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)]
     app.router.routes[:] = [*ours, *kept]
+    from glm_saver.body_guard import install
+
+    install(app)

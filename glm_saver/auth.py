@@ -5,8 +5,9 @@ sha256 hashes (`glm-saver hash-key KEY` prints one), each with an alias, an opti
 the models it may use. Enable with `general_settings.custom_auth: glm_saver.auth.custom_auth`.
 
 - The proxy's master key is still accepted, as the admin it was (same identity LiteLLM gives it).
-- Configured keys may call the LLM API routes (chat, models, model info) and nothing else: `/stats`
-  and LiteLLM's admin routes answer 403, `/metrics` 401 (they show every key's spend).
+- Configured keys may call chat completions, text completions and the model list (CLIENT_ROUTES)
+  and nothing else: every other model route, `/stats` and LiteLLM's admin routes answer 403,
+  `/metrics` 401 (they show every key's spend).
 - An unknown or missing key answers 401 in OpenAI's error shape; the key is never echoed or logged.
 - With no master key and no configured keys the proxy stays open, as LiteLLM is without auth.
 
@@ -24,14 +25,19 @@ import threading
 from fastapi import Request, status
 from litellm.proxy._types import LiteLLMRoutes, LitellmUserRoles, ProxyErrorTypes, ProxyException, UserAPIKeyAuth
 
-from glm_saver.keys_cli import hash_key
+from glm_saver import proxy
+from glm_saver.callers import hash_key
 from glm_saver.settings import ApiKeySettings
 
-logger = logging.getLogger("glm_saver")
+logger = logging.getLogger(__name__)
 
-METADATA_KEY = "glm_saver_key"
-# Routes a configured (non-admin) key may call besides LiteLLM's LLM API routes.
-_MODEL_LIST_ROUTES = frozenset({"/models", "/v1/models", *LiteLLMRoutes.model_info_routes.value})
+KEY_ALIAS_METADATA = "glm_saver_key"
+# The routes a configured (non-admin) key may call: chat and text completions (every request there
+# is planned and gated by the plugin) and the model list. Every other model route can spend money
+# outside the plugin's budgets, so only the master key reaches it.
+CLIENT_ROUTES = frozenset(
+    {"/chat/completions", "/v1/chat/completions", "/completions", "/v1/completions", "/models", "/v1/models", *LiteLLMRoutes.model_info_routes.value}
+)
 
 
 def _strip_bearer(presented: str | None) -> str:
@@ -42,12 +48,6 @@ def _strip_bearer(presented: str | None) -> str:
 def _refuse(message: str, code: int = status.HTTP_401_UNAUTHORIZED) -> ProxyException:
     # LiteLLM renders a ProxyException as {"error": {"message", "type", "param", "code"}}.
     return ProxyException(message=message, type=ProxyErrorTypes.auth_error, param="api_key", code=code)
-
-
-def _is_llm_route(route: str) -> bool:
-    from litellm.proxy.auth.route_checks import RouteChecks
-
-    return route in _MODEL_LIST_ROUTES or RouteChecks.is_llm_api_route(route=route)
 
 
 def _is_public_route(route: str) -> bool:
@@ -98,8 +98,8 @@ class KeyRing:
         entry = self.find(digest)
         if entry is None:
             raise _refuse("Authentication Error: invalid API key")
-        if not _is_llm_route(route):
-            raise _refuse(f"key '{entry.alias}' may only call the LLM API routes; {route} needs the master key", status.HTTP_403_FORBIDDEN)
+        if route not in CLIENT_ROUTES:
+            raise _refuse(f"key '{entry.alias}' may only call chat completions, completions and the model list; {route} needs the master key", status.HTTP_403_FORBIDDEN)
         return self._client(entry)
 
     def _admin(self) -> UserAPIKeyAuth:
@@ -117,7 +117,7 @@ class KeyRing:
             user_role=LitellmUserRoles.INTERNAL_USER,
             models=list(entry.models),
             max_budget=entry.budget.limit_usd if entry.budget else None,
-            metadata={METADATA_KEY: entry.alias},
+            metadata={KEY_ALIAS_METADATA: entry.alias},
         )
 
 
@@ -132,10 +132,9 @@ def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
     """The config's keys, read once (the plugin instance is not needed: same file, same validation)."""
     global _configured_keys
     if _configured_keys is None:
-        from glm_saver.plugin import config_path
         from glm_saver.settings import load_config_file, settings_from_config
 
-        _configured_keys = tuple(settings_from_config(load_config_file(config_path())).keys)
+        _configured_keys = tuple(settings_from_config(load_config_file(proxy.config_path())).keys)
         logger.info("glm_saver: custom_auth accepts %d configured key(s) and the master key", len(_configured_keys))
         _warn_if_models_unenforced(_configured_keys)
     return _configured_keys
@@ -144,10 +143,9 @@ def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
 def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
     """A key's `models` list is enforced by LiteLLM only with both flags on: say so if one is off."""
     import litellm
-    from litellm.proxy import proxy_server
 
     limited = [entry.alias for entry in keys if entry.models]
-    enforced = bool((proxy_server.general_settings or {}).get("custom_auth_run_common_checks")) and bool(
+    enforced = bool(proxy.general_settings().get("custom_auth_run_common_checks")) and bool(
         getattr(litellm, "enable_post_custom_auth_checks", False)
     )
     if limited and not enforced:
@@ -158,17 +156,9 @@ def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
         )
 
 
-def _proxy_master_key() -> tuple[str | None, str]:
-    """The master key the proxy resolved at start (general_settings.master_key or LITELLM_MASTER_KEY)."""
-    from litellm.proxy import proxy_server
-
-    master = getattr(proxy_server, "master_key", None)
-    return (master if isinstance(master, str) and master else None), getattr(proxy_server, "litellm_proxy_admin_name", "default_user_id")
-
-
 def proxy_key_ring() -> KeyRing:
     global _cached
-    master, admin_user_id = _proxy_master_key()
+    master, admin_user_id = proxy.master_key()
     cached = _cached
     if cached is not None and cached[0] == master:
         return cached[1]

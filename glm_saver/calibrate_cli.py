@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from glm_saver.calibration import cloud_share, load_requests, threshold_for_share
+from glm_saver.classifier.calibration import cloud_share, load_requests, threshold_for_share
 from glm_saver.settings import ClassifierSettings, load_config_file, settings_from_config
 
 DEFAULT_SHARE = 0.3

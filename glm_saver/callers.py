@@ -12,6 +12,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MASTER_KEY_ALIAS = "litellm_proxy_master_key"
 
 
+def hash_key(key: str) -> str:
+    """The sha256 hex digest of a key: what the config stores and what identifies the key in logs."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 def caller_label(metadata: Mapping[str, Any]) -> str:
     """Who made a request, fit for /stats: the key's alias, else the start of LiteLLM's key hash.
 
@@ -26,7 +31,7 @@ def caller_label(metadata: Mapping[str, Any]) -> str:
         return "unknown"
     if key == _MASTER_KEY_ALIAS:
         return "master-key"
-    digest = key if _SHA256.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
+    digest = key if _SHA256.fullmatch(key) else hash_key(key)
     return f"key-{digest[:12]}"
 
 

@@ -6,16 +6,12 @@ The config stores only the hash; the proxy hashes each presented key and compare
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 
+from glm_saver.callers import hash_key
 
-KEY_PREFIX = "sk-"
-
-
-def hash_key(key: str) -> str:
-    """The sha256 hex digest of a key: what the config stores and what identifies the key in logs."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+# LiteLLM hashes a key in its failure logs and metrics only when it starts with this.
+CLIENT_KEY_PREFIX = "sk-"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -24,9 +20,9 @@ def _run(args: argparse.Namespace) -> int:
     if not key:
         print("glm-saver hash-key: no key given (pass KEY, or pipe it on stdin)", file=sys.stderr)
         return 2
-    if not key.startswith(KEY_PREFIX):
+    if not key.startswith(CLIENT_KEY_PREFIX):
         # LiteLLM hashes a key in its failure logs and metrics only when it starts with sk-.
-        print(f"glm-saver hash-key: client keys must start with {KEY_PREFIX!r} (LiteLLM would log others in clear)", file=sys.stderr)
+        print(f"glm-saver hash-key: client keys must start with {CLIENT_KEY_PREFIX!r} (LiteLLM would log others in clear)", file=sys.stderr)
         return 2
     print(hash_key(key))
     return 0

@@ -1,9 +1,13 @@
-"""The two labelled sets the scorer is trained and measured on, with fixed held-out splits.
+"""The labelled sets the scorer is trained and measured on, with fixed held-out splits.
 
 - MMLU with per-model correctness (shared/data/routellm-mmlu, from RouteLLM): the weak model
   (Mixtral-8x7B) stands in for the local model, the strong one (GPT-4) for Cerebras.
 - Our coding-assistant asks (training/coding_asks.tsv, labelled by the rubric in training/README.md):
   "hard" counts as weak wrong / strong right, "easy" as both right.
+- Judge preferences (shared/data/router-preferences): for each prompt, the share of informative weak
+  models (see `INFORMATIVE_BASE_RATE`) whose answer a GPT-4 judge liked less than the strong
+  model's. The strong side counts as 1, the weak side as 1 - that share (a soft label).
+  `arena_hard` may be used for shipped weights; `alpaca_eval` is CC BY-NC: evaluation only.
 
 Each item lands in `train`, `val` or `test` by a hash of its text, so splits never change when
 items are added elsewhere and no text sits in two splits. Train fits the weights, val picks the
@@ -15,13 +19,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
-MMLU_DIR = REPO.parent / "shared" / "data" / "routellm-mmlu"
+# The shared data sits beside the repo (../shared/data); GLM_SAVER_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("GLM_SAVER_SHARED_DATA", REPO.parent / "shared" / "data"))
+MMLU_DIR = SHARED_DATA / "routellm-mmlu"
+PREFERENCES_DIR = SHARED_DATA / "router-preferences"
 CODING_FILE = REPO / "training" / "coding_asks.tsv"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
@@ -30,19 +38,30 @@ Split = Literal["train", "val", "test"]
 # Percent of each set per split: (train, val); the rest is test.
 MMLU_SPLIT = (60, 20)
 CODING_SPLIT = (45, 15)
+# A weak model that loses to the strong one on more than this share of prompts says little about
+# which prompts are hard (README of router-preferences); its labels are left out.
+INFORMATIVE_BASE_RATE = 0.85
+# Sources whose labels may be fitted into the shipped weights (licences: training/README.md).
+SHIPPABLE = ("mmlu", "coding", "arena_hard")
+EVALUATION_ONLY = ("alpaca_eval",)
 
 
 @dataclass(frozen=True)
 class Item:
     text: str
-    weak_correct: bool
-    strong_correct: bool
-    group: str  # MMLU subject or coding rubric rule
+    weak_correct: float  # 1/0 (True/False) for correctness; a share for judge preferences
+    strong_correct: float
+    group: str  # MMLU subject, coding rubric rule or Arena-Hard / AlpacaEval subset
     split: Split
 
     @property
     def needs_strong(self) -> bool:
-        return self.strong_correct and not self.weak_correct
+        return self.gain > 0.5
+
+    @property
+    def gain(self) -> float:
+        """What sending this ask to the strong model gains (-1 .. 1): the training target."""
+        return float(self.strong_correct) - float(self.weak_correct)
 
 
 def split_of(text: str, shares: tuple[int, int]) -> Split:
@@ -91,3 +110,30 @@ def coding(path: Path = CODING_FILE) -> list[Item]:
 
 def of_split(items: list[Item], split: Split) -> list[Item]:
     return [item for item in items if item.split == split]
+
+
+def _informative_models(rows: list[dict]) -> set[str]:
+    """Weak models whose pooled loss rate is at most INFORMATIVE_BASE_RATE."""
+    lost: dict[str, list[int]] = {}
+    for row in rows:
+        for model, label in row["labels"].items():
+            lost.setdefault(model, []).append(label)
+    return {model for model, v in lost.items() if sum(v) / len(v) <= INFORMATIVE_BASE_RATE}
+
+
+def preferences(name: str, folder: Path = PREFERENCES_DIR) -> list[Item]:
+    """One judge-preference file (`arena_hard` or `alpaca_eval`), every prompt in the `test` split.
+
+    The whole file is one held-out source in the bench; the shipped weights may only use arena_hard.
+    """
+    path = folder / f"{name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"judge-preference data not found at {path} (shared/data/router-preferences)")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    models = _informative_models(rows)
+    items = []
+    for row in rows:
+        labels = [label for model, label in row["labels"].items() if model in models]
+        if labels:
+            items.append(Item(row["prompt"], 1.0 - sum(labels) / len(labels), 1.0, row["subset"], "test"))
+    return items

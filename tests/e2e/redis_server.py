@@ -17,12 +17,16 @@ START_TIMEOUT = 20.0
 
 
 @contextmanager
-def running_redis(directory: Path) -> Iterator[str]:
-    """Start redis-server without persistence; yield its URL; stop it."""
+def running_redis(directory: Path, port: int | None = None) -> Iterator[str]:
+    """Start redis-server without persistence (on `port`, or a free one); yield its URL; stop it.
+
+    Leaving the block stops the server; entering another block with the same `port` starts it
+    again at the same URL ("Redis went down, then came back"), with no data kept.
+    """
     executable = shutil.which("redis-server")
     if executable is None:
         raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
         stdout=subprocess.DEVNULL,

@@ -37,6 +37,18 @@ def books(proxy: Proxy) -> dict[str, Any]:
     return httpx.get(f"{proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]
 
 
+def books_holding(proxy: Proxy, requests: int, timeout: float = 20.0) -> dict[str, Any]:
+    """The books once they hold `requests` requests: an answer is booked by the log event that
+    follows the response, so a read right after the response may not see it yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = books(proxy)
+        if current["totals"]["requests"] >= requests:
+            return current
+        assert time.monotonic() < deadline, f"the books hold {current['totals']['requests']} requests, not {requests}, after {timeout}s"
+        time.sleep(0.05)
+
+
 def cerebras_cost(prompt: int, completion: int) -> float:
     return prompt * CEREBRAS_IN + completion * CEREBRAS_OUT
 
@@ -71,7 +83,7 @@ def test_each_request_costs_exactly_the_configured_price(
     before = books(proxy)["totals"]
     # Streams ask for the usage chunk, as Cline does: then every upstream reports its own count.
     headers = ask(proxy, text, stream=stream, stream_options={"include_usage": True} if stream else None)
-    after = books(proxy)["totals"]
+    after = books_holding(proxy, before["requests"] + 1)["totals"]
     assert headers["x-glm-saver-route"] == answered_by
     upstream = cerebras_upstream if answered_by == "cerebras" else local_upstream
     (answer,) = upstream.served
@@ -87,9 +99,10 @@ def test_each_request_costs_exactly_the_configured_price(
 def test_a_cerebras_stream_without_usage_is_counted_from_its_text(proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:
     cerebras_upstream.configure(stream_usage=False)
     try:
-        before = books(proxy)["by_model"].get("cerebras", {"completion_tokens": 0, "cost_usd": 0.0})
+        described = books(proxy)
+        before = described["by_model"].get("cerebras", {"completion_tokens": 0, "cost_usd": 0.0})
         ask(proxy, COMPLEX, stream=True)
-        after = books(proxy)["by_model"]["cerebras"]
+        after = books_holding(proxy, described["totals"]["requests"] + 1)["by_model"]["cerebras"]
     finally:
         cerebras_upstream.configure(stream_usage=True)
     (answer,) = cerebras_upstream.served
@@ -103,7 +116,7 @@ def test_totals_equal_what_the_upstreams_served_and_are_split_by_model_route_and
     before = books(proxy)
     for text, stream in ((SIMPLE, False), (COMPLEX, True), (COMPLEX, False), (SIMPLE, True)):
         ask(proxy, text, stream=stream, stream_options={"include_usage": True} if stream else None)
-    after = books(proxy)
+    after = books_holding(proxy, before["totals"]["requests"] + 4)
 
     def grew(table: str, name: str, field: str) -> float:
         return after[table].get(name, {}).get(field, 0) - before[table].get(name, {}).get(field, 0)
@@ -162,9 +175,14 @@ def metric(proxy: Proxy, series: str) -> float:
     return values[0] if values else 0.0
 
 
+# A budget holds each Cerebras request's worst case (prompt + max_tokens) while it is in flight: a
+# small max_tokens lets these tiny budgets take a few requests before they are full.
+SMALL_ANSWER = 16
+
+
 def spend_until_budget_is_gone(proxy: Proxy, limit: int = 20) -> None:
     for _ in range(limit):
-        if ask(proxy, COMPLEX)["x-glm-saver-route"] == "local":
+        if ask(proxy, COMPLEX, max_tokens=SMALL_ANSWER)["x-glm-saver-route"] == "local":
             return
     raise AssertionError("the budget never ran out")
 
@@ -177,10 +195,11 @@ def test_budget_alerts_fire_once_each_then_local_answers_at_no_cost_and_spend_su
     proxy = start_proxy(glm_saver={"budget": budget, "alert_webhook": webhook.url})
     spend_until_budget_is_gone(proxy)
     for _ in range(3):  # spending stops; nothing fires twice
-        headers = ask(proxy, COMPLEX)
+        headers = ask(proxy, COMPLEX, max_tokens=SMALL_ANSWER)
         assert headers["x-glm-saver-route"] == "local" and headers["x-glm-saver-reason"].startswith("budget")
     used = books(proxy)["budgets"]["global"]
-    assert used["spent_usd"] >= 0.0002 and used["alerts_fired"] == [0.5, 0.8, 1.0]
+    # Full: it could not take the next request's worst case, so every alert has fired; never past the limit.
+    assert 0 < used["spent_usd"] <= 0.0002 and used["alerts_fired"] == [0.5, 0.8, 1.0]
 
     alerts = webhook.wait_for(3)
     assert sorted(alert["threshold"] for alert in alerts) == [0.5, 0.8, 1.0]
@@ -192,9 +211,9 @@ def test_budget_alerts_fire_once_each_then_local_answers_at_no_cost_and_spend_su
         assert log.count(f"budget global reached {percent}") == 1
 
     cloud_requests = len(cerebras_upstream.requests)
-    cost_before = books(proxy)["totals"]["cost_usd"]
+    before = books(proxy)["totals"]
     assert ask(proxy, COMPLEX)["x-glm-saver-route"] == "local"
-    assert books(proxy)["totals"]["cost_usd"] == cost_before
+    assert books_holding(proxy, before["requests"] + 1)["totals"]["cost_usd"] == before["cost_usd"]
     assert len(cerebras_upstream.requests) == cloud_requests
 
     config = proxy.config
@@ -204,26 +223,30 @@ def test_budget_alerts_fire_once_each_then_local_answers_at_no_cost_and_spend_su
     assert ask(proxy, COMPLEX)["x-glm-saver-route"] == "local"
 
 
-def test_reject_action_answers_429_once_the_budget_is_spent(start_proxy: Callable[..., Proxy], cerebras_upstream: FakeUpstream) -> None:
+def test_reject_action_answers_429_once_the_budget_cannot_take_a_request(start_proxy: Callable[..., Proxy], cerebras_upstream: FakeUpstream) -> None:
     proxy = start_proxy(glm_saver={"budget": {"limit_usd": 0.0001, "action": "reject"}})
     with pytest.raises(openai.RateLimitError) as raised:
         for _ in range(20):
-            ask(proxy, COMPLEX)
-    assert "budget global spent" in raised.value.body["message"]
+            ask(proxy, COMPLEX, max_tokens=SMALL_ANSWER // 2)
+    assert "budget global has $" in raised.value.body["message"]
+    assert raised.value.body["type"] == "budget_exceeded"
     served = len(cerebras_upstream.requests)
-    with pytest.raises(openai.RateLimitError):
-        ask(proxy, SIMPLE)
+    assert served >= 1
+    with pytest.raises(openai.RateLimitError):  # a request with no max_tokens may cost up to 16K tokens
+        ask(proxy, COMPLEX)
+    assert ask(proxy, SIMPLE)["x-glm-saver-route"] == "local"  # free answers still flow
     assert len(cerebras_upstream.requests) == served
+    assert 0 < books(proxy)["budgets"]["global"]["spent_usd"] <= 0.0001
 
 
 def test_two_proxies_on_one_redis_enforce_one_budget(tmp_path: Path, start_proxy: Callable[..., Proxy], cerebras_upstream: FakeUpstream) -> None:
     with running_redis(tmp_path) as redis_url:
         shared = {"glm_saver": {"state": "redis", "redis_url": redis_url, "budget": {"limit_usd": 0.0003, "action": "local"}}}
         proxies = [start_proxy(**shared), start_proxy(**shared)]
-        routes = [ask(proxies[i % 2], COMPLEX)["x-glm-saver-route"] for i in range(12)]
+        routes = [ask(proxies[i % 2], COMPLEX, max_tokens=SMALL_ANSWER)["x-glm-saver-route"] for i in range(12)]
         first_local = routes.index("local")
         assert set(routes[first_local:]) == {"local"}  # once spent, spent for both
-        spent = [books(p)["budgets"]["global"]["spent_usd"] for p in proxies]
+        spent = [books_holding(p, len(routes))["budgets"]["global"]["spent_usd"] for p in proxies]
         assert spent[0] == spent[1] == pytest.approx(cerebras_cost(*served_tokens(cerebras_upstream)), rel=1e-9)
         # Together they overshoot by at most the request that crossed the line, not one per proxy.
         assert len(cerebras_upstream.served) == first_local
@@ -236,12 +259,12 @@ def test_per_key_budgets_stop_one_key_while_the_other_is_still_served_by_cerebra
         {"alias": "bob", "key_sha256": hashlib.sha256(bob.encode()).hexdigest(), "budget": {"limit_usd": 1.0}},
     ]
     proxy = start_proxy(glm_saver={"keys": keys})
-    routes = [ask(proxy, COMPLEX, key=alice)["x-glm-saver-route"] for _ in range(6)]
+    routes = [ask(proxy, COMPLEX, key=alice, max_tokens=SMALL_ANSWER // 2)["x-glm-saver-route"] for _ in range(6)]
     assert routes[0] == "cerebras" and routes[-1] == "local"
-    assert ask(proxy, COMPLEX, key=alice)["x-glm-saver-reason"].startswith("budget: budget key:alice spent")
+    assert ask(proxy, COMPLEX, key=alice, max_tokens=SMALL_ANSWER // 2)["x-glm-saver-reason"].startswith("budget: budget key:alice has $")
     assert ask(proxy, COMPLEX, key=bob)["x-glm-saver-route"] == "cerebras"
-    described = books(proxy)
-    assert described["budgets"]["key:alice"]["spent_usd"] >= 0.0001
+    described = books_holding(proxy, 8)
+    assert 0 < described["budgets"]["key:alice"]["spent_usd"] <= 0.0001
     assert described["by_key"]["bob"]["requests"] == 1 and described["by_key"]["alice"]["requests"] == 7
     with pytest.raises(openai.AuthenticationError):
         ask(proxy, SIMPLE, key="sk-nobody-0000")

@@ -8,6 +8,7 @@ holds a key or the prompt text.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import openai
 import pytest
 
 from glm_saver.cli import main
-from glm_saver.keys_cli import hash_key
+from glm_saver.callers import hash_key
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 
@@ -91,8 +92,11 @@ def test_stats_needs_the_master_key(keyed_proxy: Proxy) -> None:
 
 def test_requests_are_booked_under_the_keys_alias(keyed_proxy: Proxy) -> None:
     assert _chat(keyed_proxy, {"authorization": f"Bearer {ALPHA}"}).status_code == 200
-    stats = httpx.get(f"{keyed_proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()
-    assert "alpha" in stats["books"]["by_key"]
+    # Booked by the log event after the response: poll for it.
+    deadline = time.monotonic() + 20
+    while "alpha" not in (by_key := httpx.get(f"{keyed_proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]["by_key"]):
+        assert time.monotonic() < deadline, f"alpha never booked: {sorted(by_key)}"
+        time.sleep(0.05)
 
 
 def test_a_key_limited_to_glm_saver_cannot_call_cerebras_directly(keyed_proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:

@@ -9,9 +9,9 @@ import sys
 import pytest
 from litellm.proxy._types import LitellmUserRoles, ProxyException
 
-from glm_saver.auth import METADATA_KEY, KeyRing
+from glm_saver.auth import KEY_ALIAS_METADATA, KeyRing
 from glm_saver.cli import main
-from glm_saver.keys_cli import hash_key
+from glm_saver.callers import hash_key
 from glm_saver.settings import ApiKeySettings, ConfigError, parse_settings
 
 MASTER = "sk-master-0123456789"
@@ -46,7 +46,7 @@ def test_a_configured_key_is_known_by_its_alias_and_hash_never_the_key() -> None
     auth = _ring().authorize(ALPHA, CHAT)
     assert auth.key_alias == "alpha"
     assert auth.api_key == hash_key(ALPHA) == auth.token
-    assert auth.metadata == {METADATA_KEY: "alpha"}
+    assert auth.metadata == {KEY_ALIAS_METADATA: "alpha"}
     assert auth.user_role == LitellmUserRoles.INTERNAL_USER
     assert ALPHA not in auth.model_dump_json()
 

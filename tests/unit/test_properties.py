@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from glm_saver.classifier import ComplexityClassifier
 from glm_saver.request import RequestView
-from glm_saver.validation import ROLES, request_problem
+from glm_saver.routing.validation import MESSAGE_ROLES, request_problem
 
 CLASSIFIER = ComplexityClassifier()  # built once: it loads the shipped learned model
 
@@ -78,6 +78,6 @@ def test_the_validator_takes_any_body_and_passes_only_well_formed_messages(body:
     if problem is None:
         messages = body["messages"]
         assert isinstance(messages, list) and messages
-        assert all(isinstance(m, dict) and m.get("role") in ROLES for m in messages)
+        assert all(isinstance(m, dict) and m.get("role") in MESSAGE_ROLES for m in messages)
     else:
         assert problem.message and problem.param

@@ -27,6 +27,9 @@ def test_empty_section_gives_defaults() -> None:
         ({"classifier": {"rules": [{"pattern": "(", "weight": 1}]}}, "glm_saver.classifier.rules.0.pattern"),
         ({"strategy": "cheapest"}, "glm_saver.strategy"),
         ({"entry_models": []}, "glm_saver.entry_models"),
+        ({"alert_webhook": "ftp://alerts.example/hook"}, "glm_saver.alert_webhook: Value error, must be an http:// or https:// URL"),
+        ({"alert_webhook": "not a url"}, "glm_saver.alert_webhook"),
+        ({"alert_webhook": "https://"}, "glm_saver.alert_webhook"),
     ],
 )
 def test_bad_value_names_the_key(section: dict, named: str) -> None:
@@ -82,3 +85,7 @@ def test_unreadable_and_invalid_yaml_are_config_errors(tmp_path) -> None:
     broken.write_text("model_list: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config_file(broken)
+
+
+def test_an_http_webhook_with_a_host_is_accepted() -> None:
+    assert parse_settings({"alert_webhook": "https://alerts.example:8443/hook"}).alert_webhook == "https://alerts.example:8443/hook"

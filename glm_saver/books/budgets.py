@@ -18,20 +18,35 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from glm_saver import metrics
+from glm_saver.books import metrics
 from glm_saver.settings import BudgetSettings, GlmSaverSettings, Period
-from glm_saver.store import Store
+from glm_saver.books.store import Store
 
-logger = logging.getLogger("glm_saver")
+logger = logging.getLogger(__name__)
 
 GLOBAL = "global"
 WEBHOOK_TIMEOUT = 5.0
+# A hold whose request never reported back (a crash, a lost event) stops counting after this long;
+# longer than any deployment timeout, so a live request never loses its hold.
+HOLD_SECONDS = 900.0
+
+
+class Hold(BaseModel):
+    """A request in flight to a paid model: its worst-case cost, held until it settles."""
+
+    usd: float
+    expires_at: float
 
 
 class BudgetUse(BaseModel):
     period_start: str = ""
     spent_usd: float = 0.0
     alerts_fired: list[float] = Field(default_factory=list)
+    holds: dict[str, Hold] = Field(default_factory=dict)
+
+    @property
+    def held_usd(self) -> float:
+        return sum(hold.usd for hold in self.holds.values())
 
 
 @dataclass(frozen=True)
@@ -51,16 +66,56 @@ def period_start(period: Period, now: float) -> str:
 
 
 def current(use: BudgetUse, budget: BudgetSettings, now: float) -> BudgetUse:
-    """The use in the current period (a new period starts from zero)."""
+    """The use in the current period: a new period starts from zero, but requests in flight keep
+    their holds (they will be paid in the new period); expired holds are dropped."""
     start = period_start(budget.period, now)
-    return use if use.period_start == start else BudgetUse(period_start=start)
+    live = {ticket: hold for ticket, hold in use.holds.items() if hold.expires_at > now}
+    if use.period_start != start:
+        return BudgetUse(period_start=start, holds=live)
+    return use if len(live) == len(use.holds) else use.model_copy(update={"holds": live})
 
 
-def spend(use: BudgetUse, budget: BudgetSettings, amount: float, now: float) -> tuple[BudgetUse, list[float]]:
+def hold(use: BudgetUse, budget: BudgetSettings, ticket: str, amount: float, now: float) -> tuple[BudgetUse, list[float] | None]:
+    """Hold `amount` for a request in flight if spend, other holds and it stay within the limit.
+
+    Returns the thresholds a refusal sets off (None when held): a budget that cannot take the next
+    request is full for all practical purposes, so every alert not fired yet fires now.
+    """
     use = current(use, budget, now)
+    if use.spent_usd + use.held_usd + amount > budget.limit_usd:
+        crossed = [t for t in budget.alert_thresholds if t not in use.alerts_fired]
+        return use.model_copy(update={"alerts_fired": [*use.alerts_fired, *crossed]}), crossed
+    return use.model_copy(update={"holds": {**use.holds, ticket: Hold(usd=amount, expires_at=now + HOLD_SECONDS)}}), None
+
+
+def release(use: BudgetUse, budget: BudgetSettings, ticket: str | None, now: float) -> BudgetUse:
+    use = current(use, budget, now)
+    if ticket not in use.holds:
+        return use
+    return use.model_copy(update={"holds": {name: held for name, held in use.holds.items() if name != ticket}})
+
+
+def spend(use: BudgetUse, budget: BudgetSettings, amount: float, now: float, ticket: str | None = None) -> tuple[BudgetUse, list[float]]:
+    """Add what a request really cost, and let go of what it held."""
+    use = release(use, budget, ticket, now)
     spent = use.spent_usd + amount
     crossed = [t for t in budget.alert_thresholds if spent >= t * budget.limit_usd and t not in use.alerts_fired]
-    return BudgetUse(period_start=use.period_start, spent_usd=spent, alerts_fired=[*use.alerts_fired, *crossed]), crossed
+    return use.model_copy(update={"spent_usd": spent, "alerts_fired": [*use.alerts_fired, *crossed]}), crossed
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """A budget that cannot take a request's worst-case cost."""
+
+    name: str
+    budget: BudgetSettings
+    use: BudgetUse
+    amount: float
+
+    @property
+    def detail(self) -> str:
+        left = max(0.0, self.budget.limit_usd - self.use.spent_usd - self.use.held_usd)
+        return f"budget {self.name} has ${left:.4f} of ${self.budget.limit_usd:.2f} left ({self.budget.period}); the request may cost ${self.amount:.4f}"
 
 
 def key_budget_name(key: str) -> str:
@@ -73,6 +128,7 @@ class BudgetBook:
         self._settings = settings
         self._clock = clock
         self._key_budgets = {key.alias: key.budget for key in settings.keys if key.budget is not None}
+        self._alert_tasks: set[asyncio.Task[None]] = set()
 
     def budgets_of(self, key: str) -> list[tuple[str, BudgetSettings]]:
         named = [(GLOBAL, self._settings.budget)] if self._settings.budget else []
@@ -80,19 +136,51 @@ class BudgetBook:
             named.append((key_budget_name(key), self._key_budgets[key]))
         return named
 
-    async def charge(self, key: str, amount: float) -> list[Alert]:
-        """Add spend to every budget the key is under; returns the alerts this spend set off."""
+    async def hold(self, key: str, ticket: str, amount: float) -> BudgetRefusal | None:
+        """Hold a request's worst-case cost on every budget of the key, or on none of them."""
+        now = self._clock()
+        taken: list[tuple[str, BudgetSettings]] = []
+        for name, budget in self.budgets_of(key):
+
+            def change(use: BudgetUse, budget: BudgetSettings = budget) -> tuple[BudgetUse, tuple[BudgetUse, list[float] | None]]:
+                updated, crossed = hold(use, budget, ticket, amount, now)
+                return updated, (updated, crossed)
+
+            use, crossed = await self._store.update(name, change)
+            if crossed is not None:
+                await self._release(taken, ticket, now)
+                self._alert([Alert(name, t, use.spent_usd, budget.limit_usd, budget.period, use.period_start) for t in crossed])
+                return BudgetRefusal(name, budget, use, amount)
+            taken.append((name, budget))
+        return None
+
+    def _alert(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            deliver(alert, self._settings.alert_webhook, self._alert_tasks)
+
+    async def release(self, key: str, ticket: str) -> None:
+        """A request that failed: what it held is free again."""
+        await self._release(self.budgets_of(key), ticket, self._clock())
+
+    async def _release(self, budgets: list[tuple[str, BudgetSettings]], ticket: str, now: float) -> None:
+        for name, budget in budgets:
+            await self._store.update(name, lambda use, budget=budget: (release(use, budget, ticket, now), None))
+
+    async def charge(self, key: str, amount: float, ticket: str | None = None) -> list[Alert]:
+        """Add spend to every budget the key is under (releasing the request's holds); delivers and
+        returns the alerts this spend set off."""
         now = self._clock()
         alerts: list[Alert] = []
         for name, budget in self.budgets_of(key):
 
             def change(use: BudgetUse, budget: BudgetSettings = budget) -> tuple[BudgetUse, tuple[BudgetUse, list[float]]]:
-                updated, crossed = spend(use, budget, amount, now)
+                updated, crossed = spend(use, budget, amount, now, ticket)
                 return updated, (updated, crossed)
 
             use, crossed = await self._store.update(name, change)
             alerts += [Alert(name, t, use.spent_usd, budget.limit_usd, budget.period, use.period_start) for t in crossed]
             metrics.BUDGET_USED.labels(budget=name).set(use.spent_usd / budget.limit_usd)
+        self._alert(alerts)
         return alerts
 
     async def exhausted(self, key: str) -> tuple[str, BudgetSettings, BudgetUse] | None:
@@ -114,6 +202,7 @@ class BudgetBook:
             described[name] = {
                 "limit_usd": budget.limit_usd,
                 "spent_usd": use.spent_usd,
+                "held_usd": use.held_usd,
                 "used": use.spent_usd / budget.limit_usd,
                 "period": budget.period,
                 "period_start": use.period_start,
@@ -127,7 +216,7 @@ async def _post(url: str, payload: dict[str, Any]) -> None:
     try:
         async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT) as client:
             (await client.post(url, json=payload)).raise_for_status()
-    except httpx.HTTPError as err:
+    except Exception as err:  # noqa: BLE001 - a failing webhook must never surface as an unretrieved task error
         logger.error("glm_saver: budget alert webhook failed: %s", type(err).__name__)
 
 

@@ -8,26 +8,32 @@ from the text instead. Nothing of a request's content is kept: only names, count
 
 from __future__ import annotations
 
-import asyncio
+import logging
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from glm_saver import metrics
-from glm_saver.budgets import BudgetBook, BudgetUse, deliver
-from glm_saver.callers import caller_label
-from glm_saver.deployments import group_prices
-from glm_saver.request import content_text, prompt_tokens
+from glm_saver.books import metrics
+from glm_saver.books.budgets import BudgetBook, BudgetUse
+from glm_saver.books.store import StoreUnavailable, build_store
+from glm_saver.deployments import Prices, group_prices
 from glm_saver.settings import GlmSaverSettings
-from glm_saver.store import build_store
-from glm_saver.tokens import count_tokens
+
+if TYPE_CHECKING:
+    from glm_saver.events import CallRecord
+    from glm_saver.routing.gate import Ticket
+
+logger = logging.getLogger(__name__)
 
 FINAL = "final"
-# Metadata key of the speculative cascade's internal calls: {"role", "caller", "request_id"}.
-CALL_KEY = "glm_saver_call"
+# Who a call was for: the client's answer, or one of the cascade's own calls.
+ROLES = ("draft", "verify", FINAL)
+# Answers kept in memory while the store cannot be written, booked when it answers again.
+MAX_UNBOOKED = 100_000
 
 
 @dataclass(frozen=True)
@@ -96,33 +102,6 @@ class Books(BaseModel):
         return {"totals": self.totals.view(), **{name: {k: t.view() for k, t in getattr(self, name).items()} for name in tables}}
 
 
-def answer_text(response: Any) -> str:
-    """The text of an answer (content and tool-call arguments), to count tokens a stream did not report."""
-    parts: list[str] = []
-    for choice in getattr(response, "choices", None) or []:
-        message = getattr(choice, "message", None) or getattr(choice, "delta", None)
-        if message is None:
-            continue
-        parts += content_text(getattr(message, "content", None))
-        for call in getattr(message, "tool_calls", None) or []:
-            function = getattr(call, "function", None)
-            parts += [getattr(function, "name", "") or "", getattr(function, "arguments", "") or ""]
-    return "".join(parts)
-
-
-def usage_tokens(kwargs: Mapping[str, Any], response: Any) -> tuple[int, int]:
-    """Prompt and completion tokens of an answer; a 0 that cannot be true is counted instead."""
-    usage = getattr(response, "usage", None)
-    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-    completion = int(getattr(usage, "completion_tokens", 0) or 0)
-    if completion == 0:
-        completion = count_tokens(answer_text(response))
-    if prompt == 0:
-        messages = kwargs.get("messages")
-        prompt = prompt_tokens(messages if isinstance(messages, list) else [], (kwargs.get("optional_params") or {}).get("tools"))
-    return prompt, completion
-
-
 class Ledger:
     """Books every answer at the configured prices and charges the budgets it falls under."""
 
@@ -134,24 +113,25 @@ class Ledger:
         self._prices = {group: group_prices(config, group) for group in groups}
         self.cloud_prices = group_prices(config, settings.cloud_group)
         self._settings = settings
-        self._alert_tasks: set[asyncio.Task[None]] = set()
+        self._unbooked: deque[tuple[Charge, Ticket | None]] = deque(maxlen=MAX_UNBOOKED)
 
     def keeps(self, group: str | None) -> bool:
         return group in self._prices
 
-    def charge_of(self, kwargs: Mapping[str, Any], response: Any, tag: Mapping[str, Any] | None, group: str) -> Charge:
-        """The charge for one logged answer: a client's (tagged by the plugin, or direct) or internal."""
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        call = metadata.get(CALL_KEY) if isinstance(metadata.get(CALL_KEY), Mapping) else None
-        role = str(call["role"]) if call else FINAL
-        prompt, completion = usage_tokens(kwargs, response)
-        tag = tag or {}
-        route = str(tag.get("label") or tag.get("route") or (role if call else "direct"))
+    def prices_of(self, group: str) -> Prices:
+        return self._prices.get(group) or group_prices({}, group)
+
+    def charge_of(self, record: CallRecord) -> Charge:
+        """The charge for one logged answer: a client's (planned by the plugin, or not) or internal."""
+        group = str(record.group)
+        prompt, completion, role = record.prompt_tokens, record.completion_tokens, record.role
+        tag = record.tag or {}
+        route = str(tag.get("label") or tag.get("route") or (role if record.internal else "direct"))
         return Charge(
             group=group,
             route=route,
             strategy=str(tag.get("strategy") or self._settings.strategy),
-            key=str(call["caller"]) if call else caller_label(metadata),
+            key=record.caller,
             role=role,
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -161,15 +141,31 @@ class Ledger:
             counts_tokens=not route.startswith("draft-"),
         )
 
-    async def record(self, charge: Charge) -> None:
+    async def record(self, record: CallRecord) -> None:
+        """Book an answer and settle its ticket; while the store is down, keep it to book later."""
+        self._unbooked.append((self.charge_of(record), record.ticket))
+        try:
+            while self._unbooked:
+                await self._book(*self._unbooked[0])
+                self._unbooked.popleft()
+        except StoreUnavailable as err:
+            logger.error("glm_saver: %d answer(s) not booked yet, kept until the store answers: %s", len(self._unbooked), err)
+
+    @property
+    def unbooked(self) -> int:
+        return len(self._unbooked)
+
+    async def _book(self, charge: Charge, ticket: Ticket | None) -> None:
+        settles = ticket is not None and ticket.key == charge.key
+        if ticket is not None and not settles:
+            await self.budgets.release(ticket.key, ticket.id)
         books = await self._books.update("books", lambda books: (books.add(charge), books))
         metrics.SAVINGS.set(books.totals.cloud_cost_usd - books.totals.cost_usd)
         if charge.counts_tokens:
             metrics.TOKENS.labels(model=charge.group, kind="prompt").inc(charge.prompt_tokens)
             metrics.TOKENS.labels(model=charge.group, kind="completion").inc(charge.completion_tokens)
         metrics.COST.labels(model=charge.group).inc(charge.cost)
-        for alert in await self.budgets.charge(charge.key, charge.cost):
-            deliver(alert, self._settings.alert_webhook, self._alert_tasks)
+        await self.budgets.charge(charge.key, charge.cost, ticket.id if ticket is not None and settles else None)
 
     async def describe(self) -> dict[str, Any]:
-        return {**(await self._books.read("books")).view(), "budgets": await self.budgets.describe()}
+        return {**(await self._books.read("books")).view(), "budgets": await self.budgets.describe(), "unbooked": self.unbooked}

@@ -67,7 +67,11 @@ def _speculative(strategy: Strategy, classify: Callable[[], Classification], has
     return Decision("local", "speculative", f"complex (score {verdict.score:.2f}: {top})", verdict.score, speculate=True)
 
 
-def _by_strategy(strategy: Strategy, classify: Callable[[], Classification], has_tools: bool = False, speculate_with_tools: bool = False) -> Decision:
+def _by_strategy(
+    strategy: Strategy, classify: Callable[[], Classification], has_tools: bool = False, speculate_with_tools: bool = False, speculate: bool = True
+) -> Decision:
+    if strategy in SPECULATIVE_STRATEGIES and not speculate:
+        return _by_strategy("smart_routing", classify)
     if strategy in SPECULATIVE_STRATEGIES:
         return _speculative(strategy, classify, has_tools, speculate_with_tools)
     if strategy == "always_local":
@@ -89,6 +93,7 @@ def decide(
     *,
     has_tools: bool = False,
     speculate_with_tools: bool = False,
+    speculate: bool = True,
 ) -> Decision:
     if not windows.fits("local", prompt_tokens) and not windows.fits("cerebras", prompt_tokens):
         raise RequestTooLarge(
@@ -98,7 +103,7 @@ def decide(
     wanted = (
         Decision(override, "override", f"header asked for {override}")
         if override
-        else _by_strategy(strategy, classify, has_tools, speculate_with_tools)
+        else _by_strategy(strategy, classify, has_tools, speculate_with_tools, speculate)
     )
     if windows.fits(wanted.route, prompt_tokens):
         return wanted

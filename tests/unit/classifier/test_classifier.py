@@ -99,12 +99,12 @@ class ShoutingClassifier:
 
 
 def test_custom_classifier_is_loaded_by_dotted_path() -> None:
-    classifier = build_classifier(ClassifierSettings(custom="tests.unit.test_classifier.ShoutingClassifier"))
+    classifier = build_classifier(ClassifierSettings(custom="tests.unit.classifier.test_classifier.ShoutingClassifier"))
     assert classifier.classify(ask("HELP")).label == "complex"
     assert classifier.classify(ask("help")).label == "simple"
 
 
-@pytest.mark.parametrize("path", ["nodots", "tests.unit.test_classifier.Missing", "no_such_module.Thing", "tests.unit.test_classifier.ask_nothing"])
+@pytest.mark.parametrize("path", ["nodots", "tests.unit.classifier.test_classifier.Missing", "no_such_module.Thing", "tests.unit.classifier.test_classifier.ask_nothing"])
 def test_bad_custom_classifier_path_is_a_config_error(path: str) -> None:
     with pytest.raises(ConfigError, match="glm_saver.classifier.custom"):
         build_classifier(ClassifierSettings(custom=path))

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from glm_saver.draft_scoring import (
+from glm_saver.cascade.scoring import (
     DraftFacts,
     agreements,
     best_draft,

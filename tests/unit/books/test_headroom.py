@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from glm_saver.headroom import CloudHeadroom, HeaderReading, Quota, admit, exhausted, observe, rolled
+from glm_saver.books.headroom import CloudHeadroom, HeaderReading, Quota, admit, exhausted, observe, rolled
 from glm_saver.settings import RateLimitSettings
-from glm_saver.store import MemoryStore
+from glm_saver.books.store import MemoryStore
 
 SETTINGS = RateLimitSettings(safety_margin=0.0)
 NOW = 1_000_000.0
@@ -104,13 +104,47 @@ def test_day_requests_nearly_spent_go_local_until_the_day_resets() -> None:
     assert second.retry_in == pytest.approx(33011.382)
 
 
-def test_memory_headroom_serialises_concurrent_admissions() -> None:
+class YieldingStore:
+    """A store like RedisStore (WATCH / MULTI): each update reads, yields to the event loop, and
+    writes only if nobody wrote in between, else it retries. Concurrent admissions really
+    interleave here, unlike on MemoryStore, whose update never awaits."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Quota] = {}
+        self.versions: dict[str, int] = {}
+        self.conflicts = 0
+
+    async def read(self, key: str) -> Quota:
+        await asyncio.sleep(0)
+        return self.values.get(key, Quota())
+
+    async def update(self, key: str, change):  # type: ignore[no-untyped-def]
+        while True:
+            version = self.versions.get(key, 0)
+            current = self.values.get(key, Quota())
+            await asyncio.sleep(0)  # another admission runs here
+            value, result = change(current)
+            await asyncio.sleep(0)
+            if self.versions.get(key, 0) != version:
+                self.conflicts += 1
+                continue
+            self.values[key], self.versions[key] = value, version + 1
+            return result
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "yielding"])
+def test_concurrent_admissions_never_over_admit(store_kind: str) -> None:
     clock = lambda: NOW  # noqa: E731
-    headroom = CloudHeadroom(MemoryStore(Quota), SETTINGS, "cerebras", clock)
+    store = MemoryStore(Quota) if store_kind == "memory" else YieldingStore()
+    headroom = CloudHeadroom(store, SETTINGS, "cerebras", clock)  # type: ignore[arg-type]
 
     async def scenario() -> list[bool]:
         await headroom.observe({"x-ratelimit-remaining-tokens-minute": "50000", "x-ratelimit-reset-tokens-minute": "30"})
-        admissions = await asyncio.gather(*(headroom.admit(10_000) for _ in range(8)))
+        admissions = await asyncio.gather(*(headroom.admit(10_000) for _ in range(40)))
         return [a.admitted for a in admissions]
 
-    assert sum(asyncio.run(scenario())) == 5
+    admitted = asyncio.run(scenario())
+    assert sum(admitted) == 5, f"{sum(admitted)} of 40 admitted against room for 5"
+    if isinstance(store, YieldingStore):
+        assert store.conflicts > 0  # the admissions did run concurrently
+        assert store.values["cerebras"].reserved_tokens == 50_000

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glm_saver.calibration import cloud_share, threshold_for_share
+from glm_saver.classifier.calibration import cloud_share, threshold_for_share
 from glm_saver.classifier import ComplexityClassifier
 from glm_saver.cli import main
 from glm_saver.settings import ClassifierSettings, ConfigError, parse_settings

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from glm_saver.ledger import Books, Charge
-from glm_saver.store import SqliteStore
+from glm_saver.books.ledger import Books, Charge
+from glm_saver.books.store import SqliteStore
 
 CHARGE = Charge("cerebras", "cerebras", "smart_routing", "alice", "final", 100, 20, 0.000280, 0.000280)
 

@@ -34,15 +34,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from glm_saver.callers import caller_label
-from glm_saver.ledger import CALL_KEY
-from glm_saver.deployments import group_prices
-from glm_saver.draft_scoring import DraftFacts, best_draft, score_drafts
-from glm_saver.request import RequestView
+from glm_saver.cascade.scoring import DraftFacts, best_draft, score_drafts
+from glm_saver import proxy
+from glm_saver.events import CALL_KEY
+from glm_saver.failures import is_unreachable
+from glm_saver.request import RequestView, prompt_tokens
+from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
 from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
-from glm_saver.speculative_stats import SpeculativeStats
-from glm_saver.strategies import Decision
+from glm_saver.cascade.stats import SpeculativeStats
+from glm_saver.routing.policy import Decision
 
-logger = logging.getLogger("glm_saver")
+logger = logging.getLogger(__name__)
 
 Band = Literal["accept", "verify", "cloud"]
 
@@ -174,31 +176,21 @@ def draft_params(data: Mapping[str, Any], view: RequestView, options: Speculativ
     return params
 
 
-def verify_params(data: Mapping[str, Any], view: RequestView, max_tokens_cap: int) -> dict[str, Any]:
+def verify_params(data: Mapping[str, Any], ticket: Ticket) -> dict[str, Any]:
     params = {key: data[key] for key in PASSTHROUGH if data.get(key) is not None}
-    params["max_tokens"] = _limit(view.max_tokens, max_tokens_cap)  # Cerebras reserves it up front
+    params["max_tokens"] = ticket.max_tokens  # the gate's clamp: Cerebras reserves it up front
     return params
 
 
-def call_metadata(data: Mapping[str, Any], role: str) -> dict[str, Any]:
-    """Metadata of an internal call: who asked (LiteLLM's own key fields) and what the call is for."""
+def call_metadata(data: Mapping[str, Any], role: str, ticket: Ticket | None = None) -> dict[str, Any]:
+    """Metadata of an internal call: who asked (LiteLLM's own key fields), what the call is for, and
+    the gate's ticket when it goes to a paid model."""
     source = data.get("metadata") or {}
     metadata = {key: source[key] for key in CALLER_KEYS if isinstance(source.get(key), (str, int, float))}
     metadata[CALL_KEY] = {"role": role, "caller": caller_label(source), "request_id": data.get("litellm_call_id")}
+    if ticket is not None:
+        metadata[TICKET_KEY] = ticket.model_dump()
     return metadata
-
-
-def _unreachable(error: BaseException) -> bool:
-    """A refused or dropped connection. LiteLLM reports it as a 500 ("Connection error."), so the
-    exception chain and LiteLLM's own message are checked, not the status."""
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            break
-        if "ConnectError" in type(seen).__name__ or "APIConnectionError" in type(seen).__name__:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "connection error" in str(error).lower()
 
 
 def failure_kind(error: BaseException) -> str:
@@ -211,9 +203,17 @@ def failure_kind(error: BaseException) -> str:
         return "rate-limited"
     if status == 503 or "ServiceUnavailable" in name:
         return "busy"
-    if _unreachable(error):
+    if is_unreachable(error):
         return "unreachable"
     return f"http-{status}" if isinstance(status, int) else name
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the cascade decided: an answer it holds (`mock`, served on local) or Cerebras answers."""
+
+    decision: Decision
+    mock: Any = None
 
 
 def build_mock(answer: Draft, prompt_tokens: int) -> Any:
@@ -245,36 +245,29 @@ class ParallelGate:
 # ---- the cascade --------------------------------------------------------------------------------
 
 
-def _router() -> Any:
-    from litellm.proxy import proxy_server
-
-    if proxy_server.llm_router is None:
-        raise RuntimeError("the LiteLLM router is not ready")
-    return proxy_server.llm_router
-
-
 class Speculator:
     def __init__(
         self,
         settings: GlmSaverSettings,
         config: Mapping[str, Any] | None = None,
         cloud_exhausted: Callable[[], Awaitable[bool]] | None = None,
+        cloud_gate: CloudGate | None = None,
     ) -> None:
         self.settings = settings
         self.options = settings.speculative
         self.stats = SpeculativeStats()
-        self.prices = group_prices(config or {}, settings.cloud_group)
         self.gate = ParallelGate(self.options.parallel_retry_seconds)
         self._cloud_exhausted = cloud_exhausted
+        self._cloud_gate = cloud_gate
 
     def draft_count(self) -> int:
         return 1 if self.settings.strategy == "speculative_decoding" else self.options.max_concurrent_drafts
 
-    async def answer(self, data: dict, view: RequestView, decision: Decision) -> Decision:
-        """Run the cascade for one request; sets `mock_response` when it holds the answer.
+    async def answer(self, data: Mapping[str, Any], view: RequestView, decision: Decision, key: str = "unknown") -> Outcome:
+        """Run the cascade for one request (it writes nothing to the request).
 
-        Returns the decision to apply: route "local" with a mock, or route "cerebras" (label
-        "cloud") for the request to be answered by Cerebras itself.
+        Returns route "local" with the answer it holds, or route "cerebras" (label "cloud") for the
+        request to be answered by Cerebras itself. `key` pays for the verify call.
         """
         drafts, failures = await self._drafts(data, view)
         if not drafts:
@@ -286,16 +279,16 @@ class Speculator:
         summary = f"{score.summary()}; best of {len(drafts)} draft{'s' if len(drafts) > 1 else ''}"
         chosen = band(score.confidence, self.options)
         if chosen == "accept":
-            return self._with_draft(data, view, decision, draft, "draft-accepted", "confident", summary, spent=(0, 0))
+            return self._with_draft(view, decision, draft, "draft-accepted", "confident", summary, spent=(0, 0))
         if chosen == "cloud":
             if await self._cloud_busy():
-                return self._with_draft(data, view, decision, draft, "draft-accepted", "cloud-unavailable", f"cerebras has no headroom; weak draft returned ({summary})", spent=(0, 0))
+                return self._with_draft(view, decision, draft, "draft-accepted", "cloud-unavailable", f"cerebras has no headroom; weak draft returned ({summary})", spent=(0, 0))
             return self._cloud("low-confidence", f"{summary}; cerebras answers", decision)
-        return await self._verify(data, view, decision, draft, summary)
+        return await self._verify(data, view, decision, draft, summary, key)
 
     # -- drafts ---------------------------------------------------------------------------------
 
-    async def _drafts(self, data: dict, view: RequestView) -> tuple[list[Draft], list[str]]:
+    async def _drafts(self, data: Mapping[str, Any], view: RequestView) -> tuple[list[Draft], list[str]]:
         wanted = self.draft_count()
         count = wanted if wanted == 1 or self.gate.allows() else 1
         results = await asyncio.gather(*(self._draft(data, view, parallel=count > 1) for _ in range(count)), return_exceptions=True)
@@ -323,16 +316,18 @@ class Speculator:
                 raise result  # CancelledError and friends: the request is going away
         return drafts, failures
 
-    async def _draft(self, data: dict, view: RequestView, parallel: bool) -> Draft:
+    async def _draft(self, data: Mapping[str, Any], view: RequestView, parallel: bool) -> Draft:
         params = draft_params(data, view, self.options, parallel)
         response = await self._call(self.settings.local_group, "draft", view.messages, params, self.options.draft_timeout, data)
         return draft_from_response(response)
 
-    async def _call(self, group: str, role: str, messages: Sequence[Any], params: dict[str, Any], timeout: float, data: dict) -> Any:
-        call = _router().acompletion(
+    async def _call(
+        self, group: str, role: str, messages: Sequence[Any], params: dict[str, Any], timeout: float, data: Mapping[str, Any], ticket: Ticket | None = None
+    ) -> Any:
+        call = proxy.router().acompletion(
             model=group,
             messages=copy.deepcopy(list(messages)),
-            metadata=call_metadata(data, role),
+            metadata=call_metadata(data, role, ticket),
             disable_fallbacks=True,  # a draft must not come from Cerebras, nor a verify from local
             num_retries=0,
             timeout=timeout,
@@ -346,12 +341,23 @@ class Speculator:
     async def _cloud_busy(self) -> bool:
         return self._cloud_exhausted is not None and await self._cloud_exhausted()
 
-    async def _verify(self, data: dict, view: RequestView, decision: Decision, draft: Draft, summary: str) -> Decision:
+    async def _verify_ticket(self, key: str, messages: list[dict[str, Any]], view: RequestView) -> Ticket | str:
+        """The gate's ticket for the verify call, or why Cerebras may not take it (reason: detail)."""
         if await self._cloud_busy():
-            return self._with_draft(data, view, decision, draft, "draft-accepted", "verify-skipped", f"cerebras has no headroom; draft unverified ({summary})", spent=(0, 0))
-        params = verify_params(data, view, self.settings.rate_limits.max_tokens_cap)
+            return "cerebras has no headroom (rate-limited or not configured)"
+        if self._cloud_gate is None:
+            return "no-gate: the cascade has no gate to Cerebras"
+        granted = await self._cloud_gate.admit(key, self.settings.cloud_group, prompt_tokens(messages), view.max_tokens)
+        return granted if isinstance(granted, Ticket) else f"{granted.reason}: {granted.detail}"
+
+    async def _verify(self, data: Mapping[str, Any], view: RequestView, decision: Decision, draft: Draft, summary: str, key: str) -> Outcome:
+        messages = verify_messages(view.messages, draft)
+        ticket = await self._verify_ticket(key, messages, view)
+        if not isinstance(ticket, Ticket):
+            return self._with_draft(view, decision, draft, "draft-accepted", "verify-skipped", f"{ticket}; draft unverified ({summary})", spent=(0, 0))
+        params = verify_params(data, ticket)
         try:
-            response = await self._call(self.settings.cloud_group, "verify", verify_messages(view.messages, draft), params, self.options.verify_timeout, data)
+            response = await self._call(self.settings.cloud_group, "verify", messages, params, self.options.verify_timeout, data, ticket)
             verdict = draft_from_response(response)
             if not verdict.text.strip():
                 raise ValueError("empty verdict")
@@ -359,29 +365,18 @@ class Speculator:
             kind = "empty" if isinstance(err, ValueError) else failure_kind(err)
             self.stats.record_verify(kind)
             logger.warning("glm_saver: verify failed (%s); answering with the best draft", kind)
-            return self._with_draft(data, view, decision, draft, "draft-accepted", "verify-failed", f"cerebras {kind} during verify; draft unverified ({summary})", spent=(0, 0))
+            return self._with_draft(view, decision, draft, "draft-accepted", "verify-failed", f"cerebras {kind} during verify; draft unverified ({summary})", spent=(0, 0))
         spent = (verdict.prompt_tokens, verdict.completion_tokens)
         if is_acceptance(verdict):
             self.stats.record_verify("verified")
-            return self._with_draft(data, view, decision, draft, "draft-verified", "verified", f"cerebras accepted the draft ({summary})", spent=spent)
+            return self._with_draft(view, decision, draft, "draft-verified", "verified", f"cerebras accepted the draft ({summary})", spent=spent)
         self.stats.record_verify("corrected")
-        return self._with_draft(data, view, decision, verdict, "draft-corrected", "corrected", f"cerebras corrected the draft ({summary})", spent=spent, prompt_tokens=draft.prompt_tokens)
+        return self._with_draft(view, decision, verdict, "draft-corrected", "corrected", f"cerebras corrected the draft ({summary})", spent=spent, prompt_tokens=draft.prompt_tokens)
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    def _saving(self, prompt_tokens: int, answer_tokens: int, spent: tuple[int, int]) -> tuple[int, int, float, float]:
-        """Always-cloud (the prompt plus this answer) against what the cascade spent on Cerebras."""
-        price_in, price_out = self.prices.input, self.prices.output
-        return (
-            prompt_tokens + answer_tokens,
-            spent[0] + spent[1],
-            prompt_tokens * price_in + answer_tokens * price_out,
-            spent[0] * price_in + spent[1] * price_out,
-        )
-
     def _with_draft(
         self,
-        data: dict,
         view: RequestView,
         decision: Decision,
         answer: Draft,
@@ -390,37 +385,15 @@ class Speculator:
         detail: str,
         spent: tuple[int, int],
         prompt_tokens: int | None = None,
-    ) -> Decision:
+    ) -> Outcome:
         """Answer with text the cascade holds: a mock on the local group, priced 0 by LiteLLM."""
         prompt = answer.prompt_tokens if prompt_tokens is None else prompt_tokens
-        data["mock_response"] = build_mock(answer, prompt or view.prompt_tokens)
-        self.stats.record_outcome(label, reason, self._saving(view.prompt_tokens, answer.completion_tokens, spent))
+        mock = build_mock(answer, prompt or view.prompt_tokens)
+        self.stats.record_outcome(label, reason)
         logger.info("glm_saver: speculative %s (%s)", label, reason)
-        return Decision("local", reason, detail, decision.score, label=label)
+        return Outcome(Decision("local", reason, detail, decision.score, label=label), mock)
 
-    def _cloud(self, reason: str, detail: str, decision: Decision) -> Decision:
+    def _cloud(self, reason: str, detail: str, decision: Decision) -> Outcome:
         self.stats.record_outcome("cloud", reason)
         logger.info("glm_saver: speculative cloud (%s)", reason)
-        return Decision("cerebras", reason, detail, decision.score, label="cloud")
-
-    # -- facts coming back ----------------------------------------------------------------------
-
-    def observe(self, kwargs: Mapping[str, Any], response: Any, tag: Mapping[str, Any] | None) -> None:
-        """Count the tokens and cost of a logged call: an internal draft/verify, or a cloud final."""
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        call = metadata.get(CALL_KEY)
-        if isinstance(call, Mapping):
-            role, caller = str(call.get("role")), str(call.get("caller"))
-        elif isinstance(tag, Mapping) and tag.get("label") == "cloud":
-            role, caller = "final", caller_label(metadata)
-        else:
-            return
-        usage = _get(response, "usage")
-        cost = kwargs.get("response_cost")
-        self.stats.record_call(
-            role,
-            caller,
-            int(_get(usage, "prompt_tokens") or 0),
-            int(_get(usage, "completion_tokens") or 0),
-            float(cost) if isinstance(cost, (int, float)) else 0.0,
-        )
+        return Outcome(Decision("cerebras", reason, detail, decision.score, label="cloud"))

@@ -9,10 +9,12 @@
 The score is a logistic squash of additive evidence from two sources:
 - the rules users configure: keywords (complex ones push up, simple ones pull down), the ask's
   length against `token_threshold`, and extra regex rules;
-- a small learned model over cheap text features (glm_saver/learned.py, weights shipped in the
-  package), trained on top of the default rules to explain what they miss. It never scores the
-  words of the default keyword lists, so the rules keep full control of them.
-Every piece of evidence that moved the score becomes a reason. The label compares the score with
+- a small learned model (glm_saver/classifier/learned.py, weights shipped in the package) over
+  what the ask means (an offline word embedding) and its shape (length, code, math, ...), fitted
+  on top of the default rules to explain what they miss, so the rules keep their weights.
+In a conversation the latest ask is read with the user's earlier asks as context: a short "yes, do
+it" after a hard request is the hard request. The rules read the latest ask alone.
+Every part of the score becomes a reason (the prior or learned baseline included). The label compares the score with
 `threshold`, or with the threshold that sends `target_cloud_share` of a traffic sample to the cloud.
 A custom classifier is any object with the same `classify` method, named by dotted path in
 `glm_saver.classifier.custom`.
@@ -28,9 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from glm_saver.calibration import load_scores, threshold_for_share
-from glm_saver.learned import Contribution, LearnedModel, shipped_model
-from glm_saver.request import latest_ask
+from glm_saver.classifier.calibration import load_scores, threshold_for_share
+from glm_saver.classifier.learned import LearnedModel, shipped_model
+from glm_saver.classifier.semantic import context_of, conversation_asks
 from glm_saver.settings import ClassifierSettings, ConfigError
 from glm_saver.tokens import count_tokens
 
@@ -43,9 +45,11 @@ _PRIOR = -1.0
 _LENGTH_WEIGHT_AT_THRESHOLD = 1.6
 _LENGTH_WEIGHT_CAP = 3.0
 _CODE_FENCE = re.compile(r"```")
-# Learned contributions smaller than this are not worth a reason; at most this many are listed.
-_MIN_LEARNED_REASON = 0.1
-_MAX_LEARNED_REASONS = 4
+# Evidence smaller than this (logit units) is left out of the reasons; it still counts in the score.
+_MIN_REASON = 0.05
+# Keywords and regex rules found only in the earlier asks of a conversation count this much of their
+# weight: "yes, do it" after "fix the race condition" is still about the race condition.
+CONTEXT_RULE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,42 +90,51 @@ class ComplexityClassifier:
         self.threshold = self._decision_threshold()
 
     def classify(self, messages: list[dict[str, Any]]) -> Classification:
-        return self.classify_text(latest_ask(messages))
+        ask, earlier = conversation_asks(messages if isinstance(messages, list) else [])
+        return self.classify_text(ask, context_of(earlier))
 
-    def classify_text(self, ask: str) -> Classification:
-        score, evidence = self.score_text(ask)
+    def classify_text(self, ask: str, context: str = "") -> Classification:
+        """The verdict on one ask; `context` is the end of the conversation's earlier asks."""
+        score, evidence = self.score_text(ask, context)
         label: Label = "complex" if score >= self.threshold else "simple"
-        shown = [(weight, reason) for weight, reason in evidence if abs(weight) >= 0.05]
+        shown = [(weight, reason) for weight, reason in evidence if abs(weight) >= _MIN_REASON or reason == "learned baseline"]
         reasons = [f"{reason} ({weight:+.1f})" for weight, reason in sorted(shown, key=lambda e: -abs(e[0]))]
         return Classification(score=round(score, 4), label=label, reasons=reasons or ["no complexity signals"])
 
-    def score_text(self, ask: str) -> tuple[float, list[tuple[float, str]]]:
-        """The score of an ask and the evidence behind it (weights in logit units)."""
-        evidence = self.rule_evidence(ask)
-        raw = _PRIOR + sum(weight for weight, _ in evidence)
-        if self._model is not None:
-            bias, contributions = self._model.evidence(ask)
-            raw += bias - _PRIOR + sum(c.weight for c in contributions)
-            evidence += self._learned_reasons(contributions)
+    def score_text(self, ask: str, context: str = "") -> tuple[float, list[tuple[float, str]]]:
+        """The score of an ask and every part of it (weights in logit units; they sum to the logit)."""
+        evidence = self.rule_evidence(ask) + self.context_evidence(ask, context)
+        if self._model is None:
+            evidence.append((_PRIOR, "prior: asks lean local"))
+        else:
+            bias, contributions = self._model.evidence(ask, context)
+            evidence.append((bias, "learned baseline"))
+            evidence += [(c.weight, f"learned: {c.reason}") for c in contributions]
+        raw = sum(weight for weight, _ in evidence)
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, raw)))), evidence
 
     def rule_evidence(self, ask: str) -> list[tuple[float, str]]:
         """What the configured rules say about an ask: keywords, regex rules, length, code blocks."""
-        evidence: list[tuple[float, str]] = []
-        lowered = ask.lower()
-        evidence += self._keyword_evidence(lowered, self._complex_pattern, self._complex, sign=1.0, kind="complex keyword")
-        evidence += self._keyword_evidence(lowered, self._simple_pattern, self._simple, sign=-1.0, kind="simple keyword")
-        evidence += [(weight, reason) for pattern, weight, reason in self._rules if pattern.search(ask)]
+        evidence = self._matches(ask)
         evidence.append(self._length_evidence(ask))
         if len(_CODE_FENCE.findall(ask)) >= 4:
             evidence.append((0.8, "several code blocks"))
         return evidence
 
-    @staticmethod
-    def _learned_reasons(contributions: list[Contribution]) -> list[tuple[float, str]]:
-        """The strongest learned contributions as reasons; the rest still count in the score."""
-        strongest = sorted(contributions, key=lambda c: -abs(c.weight))[:_MAX_LEARNED_REASONS]
-        return [(c.weight, f"learned: {c.reason}") for c in strongest if abs(c.weight) >= _MIN_LEARNED_REASON]
+    def context_evidence(self, ask: str, context: str) -> list[tuple[float, str]]:
+        """Keywords and regex rules of the earlier asks that the latest ask does not repeat, scaled down."""
+        if not context:
+            return []
+        latest = {reason for _, reason in self._matches(ask)}
+        return [(CONTEXT_RULE_SHARE * weight, f"earlier ask: {reason}") for weight, reason in self._matches(context) if reason not in latest]
+
+    def _matches(self, text: str) -> list[tuple[float, str]]:
+        lowered = text.lower()
+        return [
+            *self._keyword_evidence(lowered, self._complex_pattern, self._complex, sign=1.0, kind="complex keyword"),
+            *self._keyword_evidence(lowered, self._simple_pattern, self._simple, sign=-1.0, kind="simple keyword"),
+            *[(weight, reason) for pattern, weight, reason in self._rules if pattern.search(text)],
+        ]
 
     def _decision_threshold(self) -> float:
         share = self.settings.target_cloud_share

@@ -3,7 +3,7 @@
 import pytest
 
 from glm_saver.classifier import Classification
-from glm_saver.strategies import RequestTooLarge, Windows, decide
+from glm_saver.routing.policy import RequestTooLarge, Windows, decide
 
 WINDOWS = Windows(local=1000, cloud=100_000)
 

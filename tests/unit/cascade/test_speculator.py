@@ -5,13 +5,15 @@ import hashlib
 import json
 import os
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from glm_saver.classifier import Classification
 from glm_saver.request import RequestView
 from glm_saver.settings import SpeculativeSettings
-from glm_saver.speculative import (
+from glm_saver.routing.gate import Ticket, clamp
+from glm_saver.cascade.speculator import (
     CALL_KEY,
     Draft,
     ParallelGate,
@@ -26,7 +28,7 @@ from glm_saver.speculative import (
     verify_messages,
     verify_params,
 )
-from glm_saver.strategies import Windows, decide
+from glm_saver.routing.policy import Windows, decide
 
 # build_mock imports litellm: keep it from reaching for the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -118,9 +120,15 @@ def test_parallel_drafts_are_sampled_for_variety() -> None:
     assert params == {"temperature": 0.8, "max_tokens": 100}
 
 
-def test_verify_params_clamp_max_tokens_for_cerebras() -> None:
-    assert verify_params({}, _view(), 16384)["max_tokens"] == 16384
-    assert verify_params({"max_tokens": 100_000}, _view(max_tokens=100_000), 16384)["max_tokens"] == 16384
+def test_the_gate_clamps_max_tokens_for_cerebras() -> None:
+    assert clamp(None, 16384) == 16384
+    assert clamp(100_000, 16384) == 16384
+    assert clamp(100, 16384) == 100
+
+
+def test_verify_params_ask_for_what_the_gate_granted() -> None:
+    ticket = Ticket(id="t", group="cerebras", key="k", max_tokens=4096, cost_usd=0.01)
+    assert verify_params({"max_tokens": 100_000, "temperature": 0.2}, ticket) == {"max_tokens": 4096, "temperature": 0.2}
 
 
 def test_internal_calls_name_the_caller_and_their_role_but_not_the_key() -> None:
@@ -153,9 +161,20 @@ class APIConnectionError(Exception):
     pass
 
 
+def _chained_connect_error() -> Exception:
+    """How the openai client reports a refused connection: its wrapper around httpx's ConnectError."""
+    try:
+        try:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        except httpx.ConnectError as cause:
+            raise APIConnectionError("upstream call failed") from cause
+    except APIConnectionError as err:
+        return err
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
-    [(TimeoutError(), "timeout"), (_Status(429), "rate-limited"), (_Status(503), "busy"), (_Status(500), "http-500"), (APIConnectionError(), "unreachable")],
+    [(TimeoutError(), "timeout"), (_Status(429), "rate-limited"), (_Status(503), "busy"), (_Status(500), "http-500"), (APIConnectionError("Connection error."), "unreachable"), (_chained_connect_error(), "unreachable")],
 )
 def test_failures_get_short_prompt_free_names(error: Exception, kind: str) -> None:
     assert failure_kind(error) == kind

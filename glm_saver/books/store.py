@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -23,11 +25,39 @@ from glm_saver.settings import ConfigError, GlmSaverSettings
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
-KEY_PREFIX = "glm_saver:"
+REDIS_KEY_PREFIX = "glm_saver:"
 # Shared state outlives a day's rate-limit window, not much more.
 REDIS_TTL_SECONDS = 2 * 24 * 3600
 # How long a change to SQLite-backed state may wait in memory before it is written.
 FLUSH_SECONDS = 1.0
+# A Redis that does not answer within this must not hold a request up: money decisions go local.
+REDIS_TIMEOUT_SECONDS = 2.0
+# Optimistic transactions retried this often before the update is given up as unavailable.
+MAX_WATCH_RETRIES = 50
+
+
+class StoreUnavailable(RuntimeError):
+    """The shared state cannot be read or written (Redis down or too slow)."""
+
+
+class StoreHealth:
+    """Whether the store answered its last operation, for /health (one per process)."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.error: str | None = None
+        self.since = time.time()
+
+    def record(self, ok: bool, error: str | None = None) -> None:
+        if ok != self.ok:
+            self.since = time.time()
+        self.ok, self.error = ok, error
+
+    def describe(self, kind: str) -> dict[str, Any]:
+        return {"kind": kind, "ok": self.ok, "error": self.error, "since": round(self.since, 3)}
+
+
+STORE_HEALTH = StoreHealth()
 
 
 class Store(Protocol, Generic[M]):
@@ -58,24 +88,27 @@ class RedisStore(Generic[M]):
         import redis.asyncio as redis
 
         self._model = model
-        self._client = redis.Redis.from_url(url, decode_responses=True)
+        self._client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        )
         self._namespace = namespace
 
     def _key(self, key: str) -> str:
-        return f"{KEY_PREFIX}{self._namespace}:{key}"
+        return f"{REDIS_KEY_PREFIX}{self._namespace}:{key}"
 
     def _parse(self, raw: str | None) -> M:
         return self._model.model_validate_json(raw) if raw else self._model()
 
     async def read(self, key: str) -> M:
-        return self._parse(await self._client.get(self._key(key)))
+        async with _reaching_redis():
+            return self._parse(await self._client.get(self._key(key)))
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
         from redis.exceptions import WatchError
 
         full_key = self._key(key)
-        async with self._client.pipeline(transaction=True) as pipe:
-            while True:
+        async with _reaching_redis(), self._client.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_WATCH_RETRIES):
                 try:
                     await pipe.watch(full_key)
                     value, result = change(self._parse(await pipe.get(full_key)))
@@ -85,6 +118,21 @@ class RedisStore(Generic[M]):
                     return result
                 except WatchError:
                     continue  # another proxy changed it first: recompute on its value
+        raise StoreUnavailable(f"redis: {full_key} changed under {MAX_WATCH_RETRIES} attempts in a row")
+
+
+@contextlib.asynccontextmanager
+async def _reaching_redis() -> AsyncIterator[None]:
+    """Redis errors become StoreUnavailable (naming the store, never its URL); /health follows."""
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except (RedisError, OSError, asyncio.TimeoutError) as err:
+        STORE_HEALTH.record(False, f"redis unreachable ({type(err).__name__})")
+        raise StoreUnavailable(f"the redis state store is unreachable ({type(err).__name__})") from None
+    else:
+        STORE_HEALTH.record(True)
 
 
 class SqliteStore(MemoryStore[M]):

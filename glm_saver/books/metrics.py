@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from glm_saver.headroom import Quota
+from glm_saver.books.headroom import Quota
 
 REQUESTS = Counter("glm_saver_requests", "Chat requests routed by the plugin", ["route", "strategy", "reason"])
 RATE_LIMIT_SHIFTS = Counter("glm_saver_rate_limit_shifts", "Requests sent local because Cerebras had no headroom", ["reason"])

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal", "video_url"})
 # (lowest, highest) for the numeric sampling parameters, as OpenAI documents them.
 RANGES: dict[str, tuple[float, float]] = {
@@ -64,8 +64,8 @@ def _message_problem(message: Any, index: int) -> Invalid | None:
     if not isinstance(message, Mapping):
         return Invalid(f"{where} must be an object with a role and content", where)
     role = message.get("role")
-    if not isinstance(role, str) or role not in ROLES:
-        return Invalid(f"{where}.role {str(role)[:40]!r} is not one of: {', '.join(sorted(ROLES))}", f"{where}.role")
+    if not isinstance(role, str) or role not in MESSAGE_ROLES:
+        return Invalid(f"{where}.role {str(role)[:40]!r} is not one of: {', '.join(sorted(MESSAGE_ROLES))}", f"{where}.role")
     return _content_problem(message.get("content"), where)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from glm_saver.settings import RateLimitSettings
-from glm_saver.store import Store
+from glm_saver.books.store import Store
 
 # Two header readings whose reset times differ by less than this belong to the same window.
 _SAME_WINDOW_SLACK = 1.0
@@ -189,6 +189,15 @@ def observe(
     return quota
 
 
+def release(quota: Quota, reservation: Reservation, now: float) -> Quota:
+    """Give back a reservation whose request never reached Cerebras (no answer, nothing learned)."""
+    quota = rolled(quota, now)
+    changes: dict[str, Any] = {"reserved_requests": max(0, quota.reserved_requests - 1)}
+    if reservation.window == quota.window:
+        changes["reserved_tokens"] = max(0, quota.reserved_tokens - reservation.tokens)
+    return quota.model_copy(update=changes)
+
+
 def exhausted(quota: Quota, now: float) -> bool:
     """Known to refuse any request right now (a 429 window, or the day's requests spent)."""
     quota = rolled(quota, now)
@@ -239,6 +248,10 @@ class CloudHeadroom:
             return updated, updated
 
         return await self._store.update(self._key, change)
+
+    async def release(self, reservation: Reservation) -> None:
+        now = self._clock()
+        await self._store.update(self._key, lambda quota: (release(quota, reservation, now), None))
 
     async def exhausted(self) -> bool:
         return exhausted(await self._store.read(self._key), self._clock())

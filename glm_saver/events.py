@@ -1,0 +1,129 @@
+"""The one reader of LiteLLM's log events: a success or failure event becomes one typed `CallRecord`
+(group, the plan's tag, the internal-call marker, the gate's ticket, who pays, tokens, cost,
+headers, status). Everyone else (headroom, books, budgets, counters) takes the record, never the
+event's raw kwargs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from glm_saver.books.ledger import FINAL
+from glm_saver.callers import caller_label
+from glm_saver.request import content_text, prompt_tokens
+from glm_saver.routing.gate import TICKET_KEY, Ticket
+from glm_saver.tokens import count_tokens
+
+# Metadata key of the plan's tag on a request the plugin routed.
+PLAN_KEY = "glm_saver"
+# Metadata key of the cascade's internal calls: {"role", "caller", "request_id"}.
+CALL_KEY = "glm_saver_call"
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call as LiteLLM logged it: an answer, or a failure."""
+
+    group: str | None  # the model group that answered (or failed)
+    tag: Mapping[str, Any] | None  # the plan's tag (None: the plugin did not plan this request)
+    internal: bool  # one of the cascade's own calls (a draft or a verify)
+    role: str  # final (the client's answer), draft or verify
+    caller: str  # who pays: a key alias or a short hash label, never a key
+    ticket: Ticket | None  # the gate's ticket for this very group, if it went through the gate
+    headers: Mapping[str, Any] | None  # upstream response headers (rate limits, retry-after)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    received_at: float | None = None  # when the answer's headers arrived (a stream logs at its end)
+    status: int | None = None  # of a failure
+    error: str | None = None  # a failure's exception class name
+
+    @property
+    def rate_limited(self) -> bool:
+        """A 429 from the upstream itself (LiteLLM's own 429, no deployment left, has no headers)."""
+        return self.status == 429 and self.headers is not None
+
+
+def _metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (kwargs.get("litellm_params") or {}).get("metadata") or {}
+
+
+def _ticket_in(metadata: Mapping[str, Any], group: str | None) -> Ticket | None:
+    """The ticket a call carries for `group` (one copied from another hop of a fallback does not count)."""
+    held = metadata.get(TICKET_KEY)
+    if not isinstance(held, Mapping) or held.get("group") != group:
+        return None
+    return Ticket.model_validate(held)
+
+
+def _epoch(moment: Any) -> float | None:
+    if isinstance(moment, datetime):
+        return moment.timestamp()
+    return float(moment) if isinstance(moment, (int, float)) else None
+
+
+def _common(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = _metadata(kwargs)
+    tag = metadata.get(PLAN_KEY)
+    call = metadata.get(CALL_KEY) if isinstance(metadata.get(CALL_KEY), Mapping) else None
+    group = metadata.get("model_group")
+    return {
+        "group": group,
+        "tag": tag if isinstance(tag, Mapping) else None,
+        "internal": call is not None,
+        "role": str(call["role"]) if call else FINAL,
+        "caller": str(call["caller"]) if call else caller_label(metadata),
+        "ticket": _ticket_in(metadata, group),
+    }
+
+
+def answer_text(response: Any) -> str:
+    """The text of an answer (content and tool-call arguments), to count tokens a stream did not report."""
+    parts: list[str] = []
+    for choice in getattr(response, "choices", None) or []:
+        message = getattr(choice, "message", None) or getattr(choice, "delta", None)
+        if message is None:
+            continue
+        parts += content_text(getattr(message, "content", None))
+        for call in getattr(message, "tool_calls", None) or []:
+            function = getattr(call, "function", None)
+            parts += [getattr(function, "name", "") or "", getattr(function, "arguments", "") or ""]
+    return "".join(parts)
+
+
+def usage_tokens(kwargs: Mapping[str, Any], response: Any) -> tuple[int, int]:
+    """Prompt and completion tokens of an answer; a 0 that cannot be true is counted instead."""
+    usage = getattr(response, "usage", None)
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion = int(getattr(usage, "completion_tokens", 0) or 0)
+    if completion == 0:
+        completion = count_tokens(answer_text(response))
+    if prompt == 0:
+        messages = kwargs.get("messages")
+        prompt = prompt_tokens(messages if isinstance(messages, list) else [], (kwargs.get("optional_params") or {}).get("tools"))
+    return prompt, completion
+
+
+def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
+    prompt, completion = usage_tokens(kwargs, response)
+    return CallRecord(
+        **_common(kwargs),
+        headers=kwargs.get("response_headers"),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        received_at=_epoch(kwargs.get("completion_start_time")),
+    )
+
+
+def read_failure(kwargs: Mapping[str, Any]) -> CallRecord:
+    error = kwargs.get("exception")
+    status = getattr(error, "status_code", None)
+    return CallRecord(
+        **_common(kwargs),
+        headers=getattr(error, "litellm_response_headers", None),
+        status=status if isinstance(status, int) else None,
+        error=type(error).__name__ if error is not None else None,
+    )
+
