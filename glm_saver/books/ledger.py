@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from glm_saver.books import metrics
+import glm_saver.books.metrics as metrics
 from glm_saver.books.budgets import BudgetBook, BudgetUse
 from glm_saver.books.store import StoreUnavailable, build_store
 from glm_saver.deployments import Prices, group_prices

@@ -29,15 +29,7 @@ import yaml
 from glm_saver.deployments import api_key_configured
 from glm_saver.launcher.local_model import Layout
 from glm_saver.launcher.local_server import OUTPUT_RESERVE, ServeOptions, server_command, start_server
-from glm_saver.launcher.processes import (
-    ChildFailed,
-    Stopped,
-    Supervisor,
-    answers,
-    spawn,
-    stop_on_signals,
-    wait_until,
-)
+from glm_saver.launcher.processes import ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
 from glm_saver.settings import GlmSaverSettings, load_config_file, settings_from_config
 
 PROXY_START_TIMEOUT = 240.0

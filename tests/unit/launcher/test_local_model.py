@@ -30,15 +30,9 @@ from glm_saver.launcher.local_model import (
     check_toolchain,
     host_has_amx,
 )
-from glm_saver.launcher.local_server import (
-    EMBEDDED_ALIAS,
-    QA_STOP,
-    QA_TEMPLATE,
-    ServeOptions,
-    server_command,
-)
+from glm_saver.launcher.local_server import EMBEDDED_ALIAS, QA_STOP, QA_TEMPLATE, ServeOptions, server_command
 from glm_saver.launcher.serve_prebuilt import parse, server_params
-from glm_saver.stats_cli import proxy_key
+from glm_saver.cli.stats import proxy_key
 from glm_saver.settings import settings_from_config
 from glm_saver.launcher.up import derive_config, master_key
 from tests.e2e.proxy import SHIPPED_CONFIG

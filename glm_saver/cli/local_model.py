@@ -7,14 +7,7 @@ import sys
 from pathlib import Path
 
 from glm_saver.launcher.local_model import BUILT, PREBUILT, SERVERS, InstallError, Layout, cache_dir, install
-from glm_saver.launcher.local_server import (
-    DEFAULT_PARALLEL,
-    DEFAULT_PORT,
-    DEFAULT_SLOT_CONTEXT,
-    ServeOptions,
-    prove_server,
-    start_server,
-)
+from glm_saver.launcher.local_server import DEFAULT_PARALLEL, DEFAULT_PORT, DEFAULT_SLOT_CONTEXT, ServeOptions, prove_server, start_server
 from glm_saver.launcher.processes import ChildFailed, Stopped, Supervisor, stop_on_signals
 
 EXIT_NEEDS_ACTION = 3
