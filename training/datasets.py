@@ -44,6 +44,10 @@ INFORMATIVE_BASE_RATE = 0.85
 # Sources whose labels may be fitted into the shipped weights (licences: training/README.md).
 SHIPPABLE = ("mmlu", "coding", "arena_hard")
 EVALUATION_ONLY = ("alpaca_eval",)
+# MMLU subjects whose strong-model labels are unusable: GPT-4 "answers" 3% of high-school
+# mathematics correctly, far below the 25% of guessing (an answer-extraction failure in the source
+# responses, not the model), so weak-wrong/strong-right there says nothing. Left out everywhere.
+UNUSABLE_SUBJECTS = ("high_school_mathematics",)
 # MMLU's mathematics, statistics and physics-calculation subjects: their items are often word
 # problems with a measured answer, the nearest proxy we have for GSM8K-like traffic. The bench
 # holds them out as a source of their own ("mmlu-math"): the router evaluated on them is refitted
@@ -53,7 +57,6 @@ MATH_SUBJECTS = (
     "college_mathematics",
     "college_physics",
     "elementary_mathematics",
-    "high_school_mathematics",
     "high_school_physics",
     "high_school_statistics",
 )
@@ -90,13 +93,15 @@ def _contaminated(folder: Path) -> set[str]:
 
 
 def mmlu(folder: Path = MMLU_DIR) -> list[Item]:
-    """All MMLU questions except the ones RouteLLM marks as contaminated."""
+    """All MMLU questions except the ones RouteLLM marks as contaminated and UNUSABLE_SUBJECTS."""
     if not folder.is_dir():
         raise FileNotFoundError(f"MMLU data not found at {folder} (shared/data/routellm-mmlu)")
     skip = _contaminated(folder)
     items = []
     for path in sorted(folder.glob("mmlu_*.csv")):
         subject = path.stem.removeprefix("mmlu_")
+        if subject in UNUSABLE_SUBJECTS:
+            continue
         with path.open(encoding="utf-8", newline="") as handle:
             for row in csv.DictReader(handle):
                 if row["prompt"] in skip:
