@@ -51,7 +51,7 @@ from training.metrics import curve
 OUT = REPO / "glm_saver" / "classifier" / "scorer_weights.json"
 # Ridge per standardised unit (sample weights sum to 1), searched for the embedding weights.
 SEMANTIC_L2 = (0.1, 1.0)
-BLEND = (0.25, 0.5, 1.0)
+BLEND = (0.1, 0.25, 0.5, 1.0)
 DENSE_L2 = 0.01
 NEWTON_STEPS = 15
 # Features whose "no signal" value is the typical ask rather than 0.
