@@ -251,7 +251,10 @@
     return { names, columns: names.map((name) => buckets.map((bucket) => (bucket ? bucket[table][name] || 0 : 0))) };
   }
 
-  function drawChart(id, names, columns, xs, format) {
+  // Axis ticks: two significant digits are enough to read a chart.
+  const usdTick = (value) => (value === 0 ? "$0" : `$${Number(value.toPrecision(2))}`);
+
+  function drawChart(id, names, columns, xs, format, tick) {
     const element = document.getElementById(id);
     const width = Math.max(240, element.clientWidth);
     const signature = `${names.join("|")}@${width}@${css("--fg")}`;
@@ -264,8 +267,8 @@
     const opts = {
       width,
       height: 220,
-      series: [{}, ...names.map((name, i) => ({ label: name, stroke: colors[i % colors.length], width: 2, value: (u, v) => (v == null ? "–" : format(v)) }))],
-      axes: [axis, { ...axis, size: 70, values: (u, ticks) => ticks.map(format) }],
+      series: [{}, ...names.map((name, i) => ({ label: name, stroke: colors[i % colors.length], width: 2, points: { show: false }, value: (u, v) => (v == null ? "–" : format(v)) }))],
+      axes: [axis, { ...axis, size: 64, values: (u, ticks) => ticks.map(tick || format) }],
       scales: { x: { time: true } },
       legend: { live: true },
     };
@@ -276,7 +279,7 @@
     if (typeof uPlot === "undefined") return;
     const { xs, buckets } = minutes(history);
     $("[data-stat=window]").textContent = history ? `(per minute, last ${history.window_minutes} min kept)` : "";
-    drawChart("chart-cost", ["spent", "always-Cerebras", "saved"], [cumulative(buckets, "cost_usd"), cumulative(buckets, "cloud_cost_usd"), cumulative(buckets, "savings_usd")], xs, usd);
+    drawChart("chart-cost", ["spent", "always-Cerebras", "saved"], [cumulative(buckets, "cost_usd"), cumulative(buckets, "cloud_cost_usd"), cumulative(buckets, "savings_usd")], xs, usd, usdTick);
     const routes = perMinute(buckets, "by_route");
     drawChart("chart-route", routes.names, routes.columns, xs, (v) => String(v));
     const reasons = perMinute(buckets, "by_reason");
