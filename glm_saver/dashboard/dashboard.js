@@ -228,6 +228,9 @@
 
   const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   const palette = () => [0, 1, 2, 3, 4, 5, 6, 7].map((i) => css(`--c${i}`));
+  // The same colour for the same thing on every chart (the split bar's too); others take the palette.
+  const FIXED = { local: "--c2", cerebras: "--c1", spent: "--c0", "always-Cerebras": "--c1", saved: "--c2" };
+  const colorOf = (name, i, colors) => (FIXED[name] ? css(FIXED[name]) : colors[(i + 3) % colors.length]);
 
   // Every minute from the first with traffic (at most the window) to now; empty minutes are 0.
   function minutes(history) {
@@ -267,7 +270,7 @@
     const opts = {
       width,
       height: 220,
-      series: [{}, ...names.map((name, i) => ({ label: name, stroke: colors[i % colors.length], width: 2, points: { show: false }, value: (u, v) => (v == null ? "–" : format(v)) }))],
+      series: [{}, ...names.map((name, i) => ({ label: name, stroke: colorOf(name, i, colors), width: 2, points: { show: false }, value: (u, v) => (v == null ? "–" : format(v)) }))],
       axes: [axis, { ...axis, size: 64, values: (u, ticks) => ticks.map(tick || format) }],
       scales: { x: { time: true } },
       legend: { live: true },
