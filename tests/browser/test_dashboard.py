@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from glm_saver.callers import hash_key
 from tests.e2e.proxy import MASTER_KEY, Proxy
+from tests.fakes.upstream import FakeUpstream
 
 DASHBOARD = "/glm-saver/dashboard"
 ALICE = "sk-alice-dashboard-test-7777"
@@ -38,8 +39,15 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
-    return start_proxy(**CONFIG)
+def cerebras() -> Iterator[FakeUpstream]:
+    """A fake Cerebras that sends its rate-limit headers, so the headroom panel has figures."""
+    with FakeUpstream("cerebras", tokens_per_minute=60_000, requests_per_day=14_400) as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: Callable[..., Proxy], cerebras: FakeUpstream) -> Proxy:
+    return start_proxy(cerebras=cerebras, **CONFIG)
 
 
 def ask(proxy: Proxy, text: str, key: str = MASTER_KEY) -> str:
@@ -140,6 +148,7 @@ def test_the_page_shows_what_stats_says_and_follows_new_requests(browser: Browse
     totals = first["books"]["totals"]
     assert totals["cost_usd"] > 0 and totals["savings_usd"] > 0
     assert page_figures(page)["split-local"] >= 1 and page_figures(page)["split-cerebras"] >= 2
+    assert first["cerebras_headroom"]["requests_remaining_day"] < 14_400  # Cerebras' headers reached the page
     assert first["books"]["budgets"]["key:alice"]["alerts_fired"]  # one Cerebras answer passes 5%
     rows = page_recent(page)
     assert rows[0][1] == "alice" and rows[0][2] == "cerebras"  # newest first, named by alias
