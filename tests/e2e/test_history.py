@@ -3,6 +3,8 @@ is one history for several proxies on one Redis."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +45,23 @@ def history_holding(proxy: Proxy, requests: int) -> list[dict[str, Any]]:
         time.sleep(0.05)
 
 
+def written_behind(path: Path, requests: int) -> None:
+    """Wait until SQLite holds the history's `requests` (written within a second, not at each update),
+    so the restart below tests reading it back, not whether a loaded machine let the exit flush run."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT value FROM state WHERE key LIKE 'history:%'").fetchall()
+        if requests_written(rows) >= requests:
+            return
+        assert time.monotonic() < deadline, f"SQLite holds {requests_written(rows)} of the history's {requests} requests"
+        time.sleep(0.05)
+
+
+def requests_written(rows: list[tuple[str]]) -> int:
+    return sum(bucket["requests"] for (value,) in rows for bucket in json.loads(value)["buckets"].values())
+
+
 def test_the_history_matches_the_books_and_survives_a_restart(start_proxy: Callable[..., Proxy]) -> None:
     proxy = start_proxy(glm_saver={"history_minutes": 120})
     ask(proxy, SIMPLE)
@@ -56,6 +75,7 @@ def test_the_history_matches_the_books_and_survives_a_restart(start_proxy: Calla
     assert sum(bucket["by_path"].get("cerebras", 0) for bucket in series) == 1
     assert all(bucket["minute"] % 60 == 0 for bucket in series)
 
+    written_behind(proxy.directory / "glm-saver-books.sqlite", 2)
     proxy.stop()
     proxy.start(proxy.config)
     assert history(proxy)["series"] == series
