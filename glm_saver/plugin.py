@@ -26,6 +26,7 @@ import glm_saver.books.metrics as metrics
 from glm_saver import proxy
 from glm_saver.books.counters import RoutingStats
 from glm_saver.books.headroom import CloudHeadroom, Quota
+from glm_saver.books.history import History, Slot
 from glm_saver.books.ledger import ROLES, Ledger, Tally
 from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
 from glm_saver.callers import caller_label
@@ -101,6 +102,8 @@ class GlmSaver(CustomLogger):
         if settings.rate_limits.enabled:
             self.headroom = CloudHeadroom(build_store(Quota, settings, config, namespace="quota"), settings.rate_limits, key=settings.cloud_group)
         self.ledger = Ledger(settings, config, config_dir or Path.cwd())
+        history_store = build_store(Slot, settings, config, namespace="history", sqlite_path=(config_dir or Path.cwd()) / settings.sqlite_path)
+        self.history = History(history_store, settings.history_minutes, settings.local_group)
         self.gate = CloudGate(self.headroom, self.ledger.budgets, self.ledger.prices_of, settings.rate_limits)
         self.speculator = Speculator(settings, config, cloud_exhausted=self._cloud_unavailable, cloud_gate=self.gate)
         self.planner = Planner(
@@ -258,6 +261,7 @@ class GlmSaver(CustomLogger):
         await self._observe_cloud(record)
         if self.ledger.keeps(record.group):
             await self.ledger.record(record)
+        await self.history.observe(record, self.ledger.charge_of(record) if self.ledger.keeps(record.group) else None)
         if record.tag is None:
             return
         answered = self._route_of_group(record.group) or str(record.group)
@@ -274,6 +278,7 @@ class GlmSaver(CustomLogger):
     async def async_log_failure_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_failure(kwargs)
         await self._observe_cloud(record)
+        await self.history.observe(record, None)
         if record.ticket is not None:
             try:
                 await self.ledger.budgets.release(record.ticket.key, record.ticket.id)
@@ -328,8 +333,9 @@ class GlmSaver(CustomLogger):
         try:
             headroom = await self.headroom.describe() if self.headroom is not None else None
             books = await self.ledger.describe()
+            history = await self.history.describe()
         except StoreUnavailable as err:
-            headroom, books = None, {"error": str(err), "unbooked": self.ledger.unbooked}
+            headroom, books, history = None, {"error": str(err), "unbooked": self.ledger.unbooked}, None
         return {
             "strategy": self.settings.strategy,
             "cerebras_configured": self.cloud_configured,
@@ -338,6 +344,8 @@ class GlmSaver(CustomLogger):
             "cerebras_headroom": headroom,
             "speculative": {**self.speculator.stats.snapshot(), **_cascade_books(books)},
             "store": STORE_HEALTH.describe(self.settings.state),
+            "history": history,
+            "recent_decisions": self.history.recent(),
         }
 
 

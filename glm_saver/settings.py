@@ -229,6 +229,7 @@ class GlmSaverSettings(_Strict):
     state: Literal["sqlite", "memory", "redis"] = "sqlite"
     sqlite_path: str = Field(default="glm-saver-books.sqlite", description="relative to the config's folder")
     redis_url: str | None = Field(default=None, description="redis://...; default: LiteLLM's redis settings or REDIS_URL")
+    history_minutes: int = Field(default=1440, ge=1, le=2880, description="minutes of per-minute history kept for /stats and the dashboard")
     budget: BudgetSettings | None = Field(default=None, description="the global budget over all keys")
     keys: list[ApiKeySettings] = Field(default_factory=list)
     alert_webhook: str | None = Field(default=None, description="URL that budget alerts are POSTed to as JSON")

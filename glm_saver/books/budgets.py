@@ -206,6 +206,7 @@ class BudgetBook:
                 "used": use.spent_usd / budget.limit_usd,
                 "period": budget.period,
                 "period_start": use.period_start,
+                "alert_thresholds": budget.alert_thresholds,
                 "alerts_fired": use.alerts_fired,
                 "action": budget.action,
             }
