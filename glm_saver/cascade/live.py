@@ -198,13 +198,17 @@ from glm_saver.events import SERVED_KEY  # noqa: E402  (what a live answer reall
 async def stream_live(live: LiveDraft, placeholder: Any, metadata: dict[str, Any], include_usage: bool, keepalive_seconds: float) -> AsyncIterator[Any]:
     """Send the committed draft; then let LiteLLM log the answer, with the tokens really produced.
 
-    A client that goes away closes the draft (the local server sees the cancel) and the placeholder,
-    so no answer is logged for text that was never produced.
+    A client that goes away closes the draft (the local server sees the cancel). LiteLLM then books
+    the part already streamed (its disconnect-time billing): it is booked at the tokens the client
+    was sent, nothing for the rest the local model never wrote.
     """
+    sent = 0
     try:
         async for item in live.replay(include_usage, keepalive_seconds):
             yield item
+            sent += _tokens_in(item)
     except BaseException:
+        metadata[SERVED_KEY] = {"prompt_tokens": int(_get(live.usage, "prompt_tokens") or 0), "completion_tokens": sent}
         await live.close()
         await _close(placeholder)
         raise
@@ -212,6 +216,13 @@ async def stream_live(live: LiveDraft, placeholder: Any, metadata: dict[str, Any
     metadata[SERVED_KEY] = {"prompt_tokens": prompt, "completion_tokens": int(_get(live.usage, "completion_tokens") or 0) or live.tokens}
     async for _ in placeholder:  # drained, so LiteLLM logs the client's answer once
         pass
+
+
+def _tokens_in(item: Any) -> int:
+    """1 for a chunk that carries content or a tool-call delta (a local model's token), else 0."""
+    if isinstance(item, bytes):
+        return 0
+    return int(any(_get(_get(choice, "delta") or {}, "content") or _get(_get(choice, "delta") or {}, "tool_calls") for choice in _get(item, "choices") or []))
 
 
 async def _close(stream: Any) -> None:
