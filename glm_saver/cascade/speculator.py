@@ -16,6 +16,11 @@ caller's key fields and their role (draft / verify) in their metadata; their tok
 counted per role here. A "cloud" answer is the client's request itself, re-routed to Cerebras
 (real streaming, LiteLLM's fallback to local), counted as the "final" role.
 
+A streamed request (Cline always streams) drafts in streams instead, read to `commit_tokens`
+(live.py): a draft that finished by then is judged as above; an unfinished trusted prefix is the
+answer and streams on live (the plan carries it, the plugin's streaming iterator hook sends it); an
+unfinished unsure one is cancelled and Cerebras answers the request itself, live.
+
 Failures: no draft at all (local down, every draft failed) -> cloud; Cerebras failing, timing out,
 rate-limited or without headroom at verify time -> the best draft, with the reason in the headers.
 Parallel drafts that the local server refuses (429/503) fall back to one draft at a time for
