@@ -256,3 +256,19 @@ def test_a_live_answer_ends_with_usage_only_when_asked(live: Proxy) -> None:
     reader = Reader(live, {"messages": [{"role": "user", "content": SURE_LONG}]}).finish()
     assert reader.text == LIST_ANSWER
     assert all(chunk.usage is None for chunk in reader.chunks)
+
+
+def test_a_client_that_hangs_up_on_the_cloud_answer_cancels_it_and_its_reservation_is_released(live: Proxy, cerebras_upstream: FakeUpstream) -> None:
+    def in_flight() -> tuple[int, int]:
+        headroom = stats(live)["cerebras_headroom"]
+        return headroom["reserved_tokens_in_flight"], headroom["requests_in_flight"]
+
+    cerebras_upstream.pause(after=3)  # Cerebras is mid-answer when the client hangs up
+    body = {"model": "glm-saver", "stream": True, **ask(UNSURE_LONG)}
+    with httpx.stream("POST", f"{live.url}/v1/chat/completions", headers={"authorization": f"Bearer {MASTER_KEY}"}, json=body, timeout=60) as response:
+        assert response.headers["x-glm-saver-route"] == "cloud"
+        until(lambda: cerebras_upstream.paused >= 1, what="cerebras paused mid-answer")
+        tokens, requests = in_flight()
+        assert tokens > 0 and requests == 1  # the plan's reservation, held while Cerebras answers
+    until(lambda: [r.outcome for r in cerebras_upstream.requests] == ["client_disconnected"], what="cerebras saw the cancel")
+    until(lambda: in_flight() == (0, 0), what="the reservation released")
