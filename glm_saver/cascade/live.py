@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glm_saver.cascade.scoring import DraftFacts
+from glm_saver.events import SERVED_KEY  # what a live answer really served, for the books
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,6 @@ class LiveAnswers:
         return len(self._held)
 
 
-from glm_saver.events import SERVED_KEY  # noqa: E402  (what a live answer really served, for the books)
 
 
 async def stream_live(live: LiveDraft, placeholder: Any, metadata: dict[str, Any], include_usage: bool, keepalive_seconds: float) -> AsyncIterator[Any]:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import litellm
-import pytest
 
 from glm_saver.cascade.live import KEEPALIVE, LiveAnswers, LiveDraft
 from glm_saver.cascade.scoring import DraftFacts, red_flags
@@ -150,8 +149,7 @@ def test_a_committed_draft_never_claimed_is_closed() -> None:
     assert asyncio.run(run()).closed
 
 
-@pytest.mark.parametrize("claimed", [True])
-def test_a_claimed_draft_is_handed_over_once(claimed: bool) -> None:
+def test_a_claimed_draft_is_handed_over_once() -> None:
     async def run() -> tuple[Any, Any]:
         answers = LiveAnswers(unclaimed_seconds=60)
         live = LiveDraft(Paced(answer_chunks()))
