@@ -106,8 +106,16 @@ def usage_tokens(kwargs: Mapping[str, Any], response: Any) -> tuple[int, int]:
     return prompt, completion
 
 
+# Metadata key of what a draft committed on its prefix really served (cascade/live.py): the answer
+# LiteLLM logs for it is a placeholder, so its tokens are taken from here.
+SERVED_KEY = "glm_saver_served"
+
+
 def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
+    served = _metadata(kwargs).get(SERVED_KEY)
     prompt, completion = usage_tokens(kwargs, response)
+    if isinstance(served, Mapping):
+        prompt, completion = int(served.get("prompt_tokens") or prompt), int(served.get("completion_tokens") or 0)
     return CallRecord(
         **_common(kwargs),
         headers=kwargs.get("response_headers"),

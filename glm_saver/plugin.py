@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from glm_saver.books.history import History, Slot
 from glm_saver.books.ledger import ROLES, Ledger, Tally
 from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
 from glm_saver.callers import caller_label
-from glm_saver.cascade.speculator import Speculator
+from glm_saver.cascade.live import LiveAnswers, stream_live
+from glm_saver.cascade.speculator import Speculator, placeholder_mock
 from glm_saver.classifier import Classifier, build_classifier
 from glm_saver.deployments import api_key_configured, group_window
 from glm_saver.events import CALL_KEY, PLAN_KEY, CallRecord, read_failure, read_success
@@ -106,6 +107,7 @@ class GlmSaver(CustomLogger):
         self.history = History(history_store, settings.history_minutes, settings.local_group)
         self.gate = CloudGate(self.headroom, self.ledger.budgets, self.ledger.prices_of, settings.rate_limits)
         self.speculator = Speculator(settings, config, cloud_exhausted=self._cloud_unavailable, cloud_gate=self.gate)
+        self.live = LiveAnswers(settings.speculative.draft_timeout)  # committed drafts awaiting their stream
         self.planner = Planner(
             settings, self.classifier, self.windows, self.cloud_configured, self.gate, self.ledger.budgets, self.ledger.cloud_prices, self.speculator, self.stats
         )
@@ -161,6 +163,11 @@ class GlmSaver(CustomLogger):
         if plan.mock is not None:
             data["mock_response"] = plan.mock
         metadata = data.setdefault("metadata", {})
+        if plan.live is not None:
+            # LiteLLM holds an empty answer; the streaming iterator hook sends the live draft instead.
+            data["mock_response"] = placeholder_mock(plan.prompt_tokens)
+            metadata["glm_saver_live"] = live_id = str(data.get("litellm_call_id") or id(plan.live))
+            self.live.hold(live_id, plan.live)
         metadata[PLAN_KEY] = {
             "requested": plan.requested,
             "route": plan.route,
@@ -256,6 +263,19 @@ class GlmSaver(CustomLogger):
         shown = tag.get("label") or tag["route"]  # a speculative answer is served by `route` as planned
         return {"x-glm-saver-route": shown, "x-glm-saver-reason": _ascii_header(f"{tag['reason']}: {tag['detail']}")}
 
+    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> AsyncIterator[Any]:
+        """A draft committed on its prefix streams here, in place of the placeholder LiteLLM holds;
+        every other stream passes through untouched."""
+        metadata = request_data.get("metadata") or {}
+        live = self.live.claim(metadata.get("glm_saver_live"))
+        if live is None:
+            async for chunk in response:
+                yield chunk
+            return
+        include_usage = bool((request_data.get("stream_options") or {}).get("include_usage"))
+        async for item in stream_live(live, response, metadata, include_usage, self.settings.speculative.keepalive_seconds):
+            yield item
+
     async def async_log_success_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_success(kwargs, response_obj)
         await self._observe_cloud(record)
@@ -270,6 +290,9 @@ class GlmSaver(CustomLogger):
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
         """Every model of a routed request unreachable or too slow: a 503/504, not LiteLLM's 500/408;
         any other error of a routed request reaches the client without the upstreams' URLs."""
+        live = self.live.claim((request_data.get("metadata") or {}).get("glm_saver_live"))
+        if live is not None:
+            await live.close()
         tag = (request_data.get("metadata") or {}).get(PLAN_KEY)
         if not isinstance(tag, Mapping):
             return None

@@ -58,6 +58,7 @@ class DraftFacts:
     finish_reason: str | None = None
     logprobs: tuple[float, ...] | None = None  # per-token log-probabilities, if the server sent them
     tool_arguments: tuple[str, ...] = ()  # raw arguments of each tool call
+    complete: bool = True  # False: a prefix of a draft still being written (a streamed commit)
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,12 @@ def red_flags(draft: DraftFacts) -> tuple[str, ...]:
         flags.append("refusal")
     if draft.finish_reason == "length":
         flags.append("truncated")
-    if len(_FENCE.findall(draft.text)) % 2:
+    # A prefix may still close its fence and its tool-call JSON; closed ```python blocks are judged.
+    if draft.complete and len(_FENCE.findall(draft.text)) % 2:
         flags.append("unclosed-code")
     if python_blocks_parse(draft.text) is False:
         flags.append("broken-python")
-    if any(not _arguments_parse(arguments) for arguments in draft.tool_arguments):
+    if draft.complete and any(not _arguments_parse(arguments) for arguments in draft.tool_arguments):
         flags.append("broken-tool-call")
     return tuple(flags)
 

@@ -16,6 +16,11 @@ caller's key fields and their role (draft / verify) in their metadata; their tok
 counted per role here. A "cloud" answer is the client's request itself, re-routed to Cerebras
 (real streaming, LiteLLM's fallback to local), counted as the "final" role.
 
+A streamed request (Cline always streams) drafts in streams instead, read to `commit_tokens`
+(live.py): a draft that finished by then is judged as above; an unfinished trusted prefix is the
+answer and streams on live (the plan carries it, the plugin's streaming iterator hook sends it); an
+unfinished unsure one is cancelled and Cerebras answers the request itself, live.
+
 Failures: no draft at all (local down, every draft failed) -> cloud; Cerebras failing, timing out,
 rate-limited or without headroom at verify time -> the best draft, with the reason in the headers.
 Parallel drafts that the local server refuses (429/503) fall back to one draft at a time for
@@ -35,7 +40,8 @@ from typing import Any, Literal
 
 from glm_saver import proxy
 from glm_saver.callers import caller_label
-from glm_saver.cascade.scoring import DraftFacts, best_draft, score_drafts
+from glm_saver.cascade.live import LiveDraft, close_all
+from glm_saver.cascade.scoring import DraftFacts, Score, best_draft, score_drafts
 from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.events import CALL_KEY
 from glm_saver.failures import is_unreachable
@@ -210,10 +216,33 @@ def failure_kind(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the cascade decided: an answer it holds (`mock`, served on local) or Cerebras answers."""
+    """What the cascade decided: an answer it holds (`mock`, served on local), a draft committed on
+    its prefix that streams on live (`live`, served on local), or Cerebras answers."""
 
     decision: Decision
     mock: Any = None
+    live: LiveDraft | None = None
+
+
+def placeholder_mock(prompt_tokens: int) -> Any:
+    """What LiteLLM holds for a live answer: the streaming iterator hook sends the draft instead."""
+    import litellm
+
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
+    return litellm.ModelResponse(choices=[{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}], usage=usage)
+
+
+def finished_draft(live: LiveDraft, prompt_tokens: int) -> Draft:
+    """A streamed draft that ended before the commit point, as a whole draft."""
+    usage = live.usage
+    return Draft(
+        content=live.content if live.content or not live.calls else None,
+        tool_calls=live.tool_calls,
+        finish_reason=live.finish_reason,
+        logprobs=tuple(live.logprobs) or None,
+        prompt_tokens=int(_get(usage, "prompt_tokens") or 0) or prompt_tokens,
+        completion_tokens=int(_get(usage, "completion_tokens") or 0) or live.tokens,
+    )
 
 
 def build_mock(answer: Draft, prompt_tokens: int) -> Any:
@@ -240,6 +269,10 @@ class ParallelGate:
 
     def refuse(self) -> None:
         self._until = self.clock() + self.seconds
+
+
+def _summary(score: Score, count: int) -> str:
+    return f"{score.summary()}; best of {count} draft{'s' if count > 1 else ''}"
 
 
 # ---- the cascade --------------------------------------------------------------------------------
@@ -269,14 +302,21 @@ class Speculator:
         Returns route "local" with the answer it holds, or route "cerebras" (label "cloud") for the
         request to be answered by Cerebras itself. `key` pays for the verify call.
         """
+        if data.get("stream") is True:
+            return await self._streamed(data, view, decision, key)
         drafts, failures = await self._drafts(data, view)
         if not drafts:
-            why = ", ".join(sorted(set(failures))) or "no answer"
-            return self._cloud("drafts-failed", f"no local draft ({why}); cerebras answers", decision)
+            return self._no_drafts(failures, decision)
         scores = score_drafts([draft.facts() for draft in drafts], self.options.confidence_without_evidence)
         index = best_draft(scores)
-        draft, score = drafts[index], scores[index]
-        summary = f"{score.summary()}; best of {len(drafts)} draft{'s' if len(drafts) > 1 else ''}"
+        return await self._judge(data, view, decision, drafts[index], scores[index], _summary(scores[index], len(drafts)), key)
+
+    def _no_drafts(self, failures: list[str], decision: Decision) -> Outcome:
+        why = ", ".join(sorted(set(failures))) or "no answer"
+        return self._cloud("drafts-failed", f"no local draft ({why}); cerebras answers", decision)
+
+    async def _judge(self, data: Mapping[str, Any], view: RequestView, decision: Decision, draft: Draft, score: Score, summary: str, key: str) -> Outcome:
+        """A whole draft, scored: the answer, verified by Cerebras, or Cerebras answers instead."""
         chosen = band(score.confidence, self.options)
         if chosen == "accept":
             return self._with_draft(view, decision, draft, "draft-accepted", "confident", summary, spent=(0, 0))
@@ -286,28 +326,76 @@ class Speculator:
             return self._cloud("low-confidence", f"{summary}; cerebras answers", decision)
         return await self._verify(data, view, decision, draft, summary, key)
 
+    # -- streamed: commit on a prefix -----------------------------------------------------------
+
+    async def _streamed(self, data: Mapping[str, Any], view: RequestView, decision: Decision, key: str) -> Outcome:
+        """Drafts read up to the commit point; the trusted one streams on, else Cerebras live.
+
+        A draft that finished within the commit point is a whole draft and is judged as one (its
+        verify band included). An unfinished prefix cannot be verified (Cerebras would need the
+        whole draft, and the client would wait for it): outside the accept band it goes to Cerebras,
+        which then streams its own answer live.
+        """
+        drafts, failures = await self._drafts(data, view, self._live_draft)
+        if not drafts:
+            return self._no_drafts(failures, decision)
+        scores = score_drafts([draft.facts() for draft in drafts], self.options.confidence_without_evidence)
+        index = best_draft(scores)
+        live, score = drafts[index], scores[index]
+        await close_all([draft for draft in drafts if draft is not live])  # the others are cancelled
+        summary = _summary(score, len(drafts))
+        if live.finished:
+            whole = finished_draft(await live.finish(), view.prompt_tokens)
+            return await self._judge(data, view, decision, whole, score, summary, key)
+        summary = f"{summary}, committed on {live.tokens} tokens"
+        if band(score.confidence, self.options) == "accept":
+            return self._live(decision, live, "confident", summary)
+        if await self._cloud_busy():
+            return self._live(decision, live, "cloud-unavailable", f"cerebras has no headroom; unsure draft streamed ({summary})")
+        await live.close()
+        reason = "low-confidence" if band(score.confidence, self.options) == "cloud" else "unsure-prefix"
+        return self._cloud(reason, f"{summary}; cerebras answers", decision)
+
+    async def _live_draft(self, data: Mapping[str, Any], view: RequestView, parallel: bool) -> LiveDraft:
+        params = {**draft_params(data, view, self.options, parallel), "stream_options": {"include_usage": True}}
+        timeout = self.options.draft_timeout
+        stream = await self._call(self.settings.local_group, "draft", view.messages, params, timeout, data, stream=True)
+        live = LiveDraft(stream)
+        try:
+            return await asyncio.wait_for(live.fill(self.options.commit_tokens), timeout)
+        except BaseException:
+            await live.close()
+            raise
+
+    def _live(self, decision: Decision, live: LiveDraft, reason: str, detail: str) -> Outcome:
+        self.stats.record_outcome("draft-accepted", reason)
+        logger.info("glm_saver: speculative draft-accepted on a prefix (%s)", reason)
+        return Outcome(Decision("local", reason, detail, decision.score, label="draft-accepted"), live=live)
+
     # -- drafts ---------------------------------------------------------------------------------
 
-    async def _drafts(self, data: Mapping[str, Any], view: RequestView) -> tuple[list[Draft], list[str]]:
+    async def _drafts(self, data: Mapping[str, Any], view: RequestView, make: Callable[..., Awaitable[Any]] | None = None) -> tuple[list[Any], list[str]]:
+        """1..N drafts at once (whole `Draft`s, or `LiveDraft`s read to the commit point)."""
+        make = make or self._draft
         wanted = self.draft_count()
         count = wanted if wanted == 1 or self.gate.allows() else 1
-        results = await asyncio.gather(*(self._draft(data, view, parallel=count > 1) for _ in range(count)), return_exceptions=True)
+        results = await asyncio.gather(*(make(data, view, parallel=count > 1) for _ in range(count)), return_exceptions=True)
         drafts, failures = self._split(results)
         fell_back = count > 1 and any(kind in BUSY for kind in failures)
         if fell_back:
             # The local server cannot take drafts at once: one at a time for a while.
             self.gate.refuse()
             if not drafts:
-                drafts, more = self._split(await asyncio.gather(self._draft(data, view, parallel=False), return_exceptions=True))
+                drafts, more = self._split(await asyncio.gather(make(data, view, parallel=False), return_exceptions=True))
                 failures += more
         self.stats.record_drafts(len(drafts), failures, fell_back)
         return drafts, failures
 
     @staticmethod
-    def _split(results: Sequence[Any]) -> tuple[list[Draft], list[str]]:
+    def _split(results: Sequence[Any]) -> tuple[list[Any], list[str]]:
         drafts, failures = [], []
         for result in results:
-            if isinstance(result, Draft):
+            if isinstance(result, (Draft, LiveDraft)):
                 drafts.append(result)
             elif isinstance(result, Exception):
                 failures.append(failure_kind(result))
@@ -322,7 +410,15 @@ class Speculator:
         return draft_from_response(response)
 
     async def _call(
-        self, group: str, role: str, messages: Sequence[Any], params: dict[str, Any], timeout: float, data: Mapping[str, Any], ticket: Ticket | None = None
+        self,
+        group: str,
+        role: str,
+        messages: Sequence[Any],
+        params: dict[str, Any],
+        timeout: float,
+        data: Mapping[str, Any],
+        ticket: Ticket | None = None,
+        stream: bool = False,
     ) -> Any:
         call = proxy.router().acompletion(
             model=group,
@@ -331,7 +427,7 @@ class Speculator:
             disable_fallbacks=True,  # a draft must not come from Cerebras, nor a verify from local
             num_retries=0,
             timeout=timeout,
-            stream=False,
+            stream=stream,
             **params,
         )
         return await asyncio.wait_for(call, timeout)

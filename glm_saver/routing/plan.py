@@ -56,6 +56,7 @@ class Plan:
     ticket: Ticket | None = None  # the gate's grant for a Cerebras route (clamp, headroom, budget hold)
     fallbacks: bool = True  # whether LiteLLM may fall back to the other group
     mock: Any = None  # the cascade's answer (a ModelResponse), replayed on the local group
+    live: Any = None  # a draft committed on its prefix (cascade/live.py), streamed on the local group
 
     @property
     def shown(self) -> str:
@@ -134,7 +135,7 @@ class Planner:
         plan = replace(start, route=decision.route, reason=decision.reason, detail=decision.detail, score=decision.score)
         if decision.speculate:
             outcome = await self.speculator.answer(data, view, decision, key)
-            plan = replace(plan, route=outcome.decision.route, reason=outcome.decision.reason, detail=outcome.decision.detail, label=outcome.decision.label, mock=outcome.mock)
+            plan = replace(plan, route=outcome.decision.route, reason=outcome.decision.reason, detail=outcome.decision.detail, label=outcome.decision.label, mock=outcome.mock, live=outcome.live)
         if plan.route == "cerebras":
             plan = await self._through_gate(plan, view)
         return replace(plan, fallbacks=self._may_fall_back(plan))

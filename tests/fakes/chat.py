@@ -189,6 +189,19 @@ class _Exchange:
             delay += float(fault.params.get("delay", 2.0))
         return await self._wait(delay)
 
+    async def _paused(self) -> bool:
+        """Wait at the pause gate (mid-stream), unless the client hangs up. True if it is still there."""
+        gate = self.fake._pause_gate.waiter()
+        if gate is None:
+            return not self.hangup.done()
+        self.fake._pausing(+1)
+        try:
+            await asyncio.wait({gate, self.hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gate.cancel()
+            self.fake._pausing(-1)
+        return not self.hangup.done()
+
     def _pace(self, token_count: int) -> float:
         tps = self.options.tokens_per_second
         return token_count / tps if tps else 0.0
@@ -303,11 +316,13 @@ class _Exchange:
         await self._start(
             200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
         )
-        for chunk in opening:
+        for sent, chunk in enumerate(opening, start=1):
             if self.hangup.done():
                 return 200, "client_disconnected"
             await self._body(_sse(chunk))
             if not await self._wait(self._pace(_chunk_tokens(chunk))):
+                return 200, "client_disconnected"
+            if sent == self.options.pause_after and not await self._paused():
                 return 200, "client_disconnected"
         if mode == "reset_midstream":
             return 200, "fault:reset_midstream"  # unfinished: uvicorn drops the connection

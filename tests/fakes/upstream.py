@@ -57,6 +57,7 @@ class Options:
     tokens_per_second: float | None = None  # pace of generation; None: as fast as possible
     refund_unused: bool = False  # give the unused part of a quota reservation back
     api_key: str | None = None  # if set, answer 401 unless "Authorization: Bearer <api_key>"
+    pause_after: int | None = None  # streams stop after this many chunks while ``pause`` holds them
 
 
 class _Server(uvicorn.Server):
@@ -151,6 +152,8 @@ class FakeUpstream:
         self._rate_limited = 0
         self._seq = 0
         self._gate = Gate()
+        self._pause_gate = Gate()
+        self._paused = 0  # streams waiting at the pause
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -341,6 +344,24 @@ class FakeUpstream:
     def release(self) -> None:
         self._gate.open()
 
+    def pause(self, after: int) -> None:
+        """Streams stop after ``after`` chunks (mid-answer, like a slow model) until ``resume``."""
+        self.configure(pause_after=after)
+        self._pause_gate.close()
+
+    def resume(self) -> None:
+        self._pause_gate.open()
+
+    @property
+    def paused(self) -> int:
+        with self._cond:
+            return self._paused
+
+    def _pausing(self, delta: int) -> None:
+        with self._cond:
+            self._paused += delta
+            self._cond.notify_all()
+
     def advance_window(self) -> None:
         """End the current token window now, as if its minute had passed."""
         self.limiter.advance_window()
@@ -380,6 +401,8 @@ class FakeUpstream:
         self.reset_records()
         self.clear_faults()
         self.release()
+        self.resume()
+        self.configure(pause_after=None)
         self.limiter.reset()
 
     # -- hooks for the request handlers ---------------------------------------------------------
