@@ -57,6 +57,7 @@ class Options:
     tokens_per_second: float | None = None  # pace of generation; None: as fast as possible
     refund_unused: bool = False  # give the unused part of a quota reservation back
     api_key: str | None = None  # if set, answer 401 unless "Authorization: Bearer <api_key>"
+    reasoning: str | None = None  # a reasoning model: this thinking comes before every answer
 
 
 class _Server(uvicorn.Server):
@@ -118,6 +119,7 @@ class FakeUpstream:
         day_seconds: float = 86400.0,
         refund_unused: bool = False,
         api_key: str | None = None,
+        reasoning: str | None = None,
         clock: Clock = time.monotonic,
         port: int = 0,
     ) -> None:
@@ -137,6 +139,7 @@ class FakeUpstream:
             tokens_per_second=tokens_per_second,
             refund_unused=refund_unused,
             api_key=api_key,
+            reasoning=reasoning,
         )
         self._port = port
         # One re-entrant condition guards all records, so ``wait_until`` predicates can read
@@ -570,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--refund-unused", action="store_true")
     parser.add_argument("--no-stream-usage", dest="stream_usage", action="store_false")
     parser.add_argument("--api-key")
+    parser.add_argument("--reasoning", help="be a reasoning model that thinks this text before answering")
     args = parser.parse_args(argv)
 
     fake = FakeUpstream(
@@ -587,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         day_seconds=args.day_seconds,
         refund_unused=args.refund_unused,
         api_key=args.api_key,
+        reasoning=args.reasoning,
         port=args.port,
     ).start()
     stopping = threading.Event()
