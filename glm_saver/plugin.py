@@ -36,7 +36,7 @@ from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
 from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata
-from glm_saver.reasoning import history_for_cerebras, room_for_retry, spent_on_reasoning
+from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
 from glm_saver.books.counters import RoutingStats
 from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
 from glm_saver.routing.policy import Route, Windows
@@ -270,6 +270,17 @@ class GlmSaver(CustomLogger):
         if spent_on_reasoning(retried):
             raise _empty_answer_error(f"{why}; the retry with max_tokens {room} was empty too")
         return retried
+
+    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
+        """A client stream from Cerebras that reasoning left empty ends with an error, not as an
+        empty answer (the chunks already sent cannot be taken back to retry)."""
+        group = (request_data.get("metadata") or {}).get("model_group") or request_data.get("model")
+        if group not in self._cloud_groups:
+            async for chunk in response:
+                yield chunk
+            return
+        async for chunk in guard_stream(response, str(group)):
+            yield chunk
 
     async def _retry_with_room(self, data: Mapping[str, Any], group: str, room: int) -> Any:
         """One more call to the same group with more room; the deployment hook gives it its own

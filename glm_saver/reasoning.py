@@ -16,7 +16,7 @@ therefore billed as output once, through completion_tokens; the reasoning count 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 # What Cerebras accepts on an assistant turn of the history; anything else (reasoning_content,
@@ -89,3 +89,36 @@ def with_room(asked: int | None, extra: int) -> int | None:
     """max_tokens for an internal call whose visible answer needs `asked` tokens: room for the
     reasoning on top (None stays None: the gate's clamp applies)."""
     return None if asked is None else asked + extra
+
+
+class EmptyAnswer(Exception):
+    """A model answered, but reasoning used the whole budget and left nothing for the client."""
+
+
+def _chunk_facts(chunk: Any) -> tuple[bool, str | None]:
+    """Whether a stream chunk carries an answer (content or a tool call), and its finish reason."""
+    choices = _get(chunk, "choices") or []
+    if not choices:
+        return False, None
+    delta = _get(choices[0], "delta") or {}
+    content = _get(delta, "content")
+    answered = bool(isinstance(content, str) and content) or bool(_get(delta, "tool_calls"))
+    return answered, _get(choices[0], "finish_reason")
+
+
+async def guard_stream(chunks: AsyncIterator[Any], group: str) -> AsyncIterator[Any]:
+    """A client stream, unchanged, unless it ends for length having carried nothing but reasoning:
+    then, instead of its finish (and usage) chunks, the stream ends with an error that says why,
+    so a client never takes an empty answer for a finished one. Everything else passes through
+    as it comes (reasoning deltas stream live)."""
+    answered = False
+    held: list[Any] = []
+    async for chunk in chunks:
+        has_answer, finish = _chunk_facts(chunk)
+        answered = answered or has_answer
+        if held or (finish == "length" and not answered):
+            held.append(chunk)  # the end of an empty answer: kept back, never sent
+            continue
+        yield chunk
+    if held:
+        raise EmptyAnswer(f"{group} spent all of max_tokens on reasoning and returned no answer; raise max_tokens or lower reasoning_effort")

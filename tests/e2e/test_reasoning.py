@@ -15,6 +15,7 @@ import pytest
 from tests import cline_shapes as cline
 from tests.e2e.proxy import MASTER_KEY, Proxy
 from tests.fakes import count_tokens
+from tests.fakes.answers import ReplyRule
 from tests.fakes.upstream import FakeUpstream
 
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"
@@ -34,13 +35,21 @@ def thinker() -> Iterator[FakeUpstream]:
 def _fresh(thinker: FakeUpstream) -> Iterator[None]:
     thinker.reset()
     yield
-    thinker.configure(reasoning=THOUGHT)
+    thinker.configure(reasoning=THOUGHT, replies=[])
 
 
 @pytest.fixture(scope="module")
 def proxy(start_proxy: Callable[..., Proxy], thinker: FakeUpstream) -> Proxy:
     # One proxy for the module; its reasoning default is the config's, which the client can override.
-    return start_proxy(cerebras=thinker, glm_saver={"reasoning": {"cerebras": {"effort": "low"}}})
+    proxy = start_proxy(cerebras=thinker, glm_saver={"reasoning": {"cerebras": {"effort": "low"}}})
+    warm_up(proxy)
+    return proxy
+
+
+def warm_up(proxy: Proxy) -> None:
+    """One answer from Cerebras first: until one comes back the gate lets a single call at a time
+    probe its unknown limits, and a retry is a second call."""
+    openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60).chat.completions.create(model="cerebras", messages=ask())
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +186,78 @@ def test_an_answer_left_empty_at_the_clamp_is_a_502_that_says_why_not_an_empty_a
     assert raised.value.status_code == 502
     assert "spent all 16384 max_tokens on reasoning" in raised.value.message and "no room to retry" in raised.value.message
     assert len(thinker.requests) == 1
+
+
+
+def test_a_stream_left_empty_by_reasoning_ends_with_an_error_not_an_empty_answer_and_is_still_booked(proxy: Proxy, client: openai.OpenAI, thinker: FakeUpstream) -> None:
+    before = books(proxy)
+    seen: list[Any] = []
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in client.chat.completions.create(model="glm-saver", messages=ask(), stream=True, stream_options={"include_usage": True}, max_tokens=THOUGHT_TOKENS - 2):
+            seen.append(chunk)
+    assert "spent all of max_tokens on reasoning" in str(raised.value)
+    deltas = [chunk.choices[0].delta for chunk in seen if chunk.choices]
+    assert "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas)  # the thinking streamed live
+    assert not any(delta.content for delta in deltas)
+    assert not any(chunk.choices and chunk.choices[0].finish_reason for chunk in seen)  # no clean end
+    (served,) = thinker.served
+    after = books_after(proxy, before["totals"]["calls"] + 1)
+    assert after["by_model"]["cerebras"]["completion_tokens"] - before["by_model"]["cerebras"]["completion_tokens"] == served.completion_tokens
+
+# ---- the cascade's verify with a reasoning model -----------------------------------------------
+
+UNSURE = "Which is the largest planet?"
+WRONG = "What is 12 * 7?"
+DRAFTS = [ReplyRule("largest planet", "Jupiter is the largest planet.", -0.9), ReplyRule("12 * 7", "12 * 7 = 19", -0.9)]
+VERDICTS = [ReplyRule("Jupiter is the largest planet.", "ACCEPT"), ReplyRule("12 * 7 = 19", "12 * 7 = 84")]
+# The thinking mentions the verdict words: only the content may decide.
+VERIFY_THOUGHT = "The draft might deserve ACCEPT, or a correction; I check it before I reply."
+
+
+@pytest.fixture(scope="module")
+def cascade(start_proxy: Callable[..., Proxy], thinker: FakeUpstream, local_upstream: FakeUpstream) -> Iterator[openai.OpenAI]:
+    saved = local_upstream.options.replies
+    local_upstream.configure(replies=DRAFTS)
+    proxy = start_proxy(cerebras=thinker, glm_saver={"strategy": "speculative_decoding"})
+    warm_up(proxy)
+    yield openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+    local_upstream.configure(replies=saved)
+
+
+@pytest.fixture()
+def verifier(thinker: FakeUpstream) -> FakeUpstream:
+    thinker.configure(replies=VERDICTS, reasoning=VERIFY_THOUGHT)
+    return thinker
+
+
+@pytest.mark.parametrize(("text", "label", "answer"), [(UNSURE, "draft-verified", "Jupiter is the largest planet."), (WRONG, "draft-corrected", "12 * 7 = 84")])
+def test_the_verdict_is_read_from_the_content_not_from_the_reasoning(cascade: openai.OpenAI, verifier: FakeUpstream, text: str, label: str, answer: str) -> None:
+    raw = cascade.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(text))
+    assert raw.headers["x-glm-saver-route"] == label
+    assert raw.parse().choices[0].message.content == answer
+    (verify,) = verifier.requests
+    assert verify.body["messages"][-1]["role"] == "user" and "<draft>" in verify.body["messages"][-1]["content"]
+
+
+def test_the_verify_leaves_room_for_reasoning_on_top_of_the_clients_max_tokens(cascade: openai.OpenAI, verifier: FakeUpstream) -> None:
+    raw = cascade.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(UNSURE), max_tokens=12)
+    assert raw.headers["x-glm-saver-route"] == "draft-verified"
+    assert [request.body["max_tokens"] for request in verifier.requests] == [12 + RETRY_ROOM]
+
+
+def test_a_verdict_left_empty_by_reasoning_is_asked_again_once_with_room(cascade: openai.OpenAI, verifier: FakeUpstream) -> None:
+    long_thought = VERIFY_THOUGHT * 400  # more than one room, less than two
+    assert 12 + RETRY_ROOM < count_tokens(long_thought) < 12 + 2 * RETRY_ROOM
+    verifier.configure(reasoning=long_thought)
+    raw = cascade.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(UNSURE), max_tokens=12)
+    assert raw.headers["x-glm-saver-route"] == "draft-verified"
+    assert [request.body["max_tokens"] for request in verifier.requests] == [12 + RETRY_ROOM, 12 + 2 * RETRY_ROOM]
+
+
+def test_a_verdict_still_empty_after_the_retry_is_a_verify_failure_with_the_reason(cascade: openai.OpenAI, verifier: FakeUpstream) -> None:
+    verifier.configure(reasoning=VERIFY_THOUGHT * 1200)  # more than the clamp
+    assert count_tokens(VERIFY_THOUGHT * 1200) > 16384
+    raw = cascade.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(UNSURE))
+    assert raw.headers["x-glm-saver-route"] == "draft-accepted"
+    assert "reasoning-spent-budget" in raw.headers["x-glm-saver-reason"]
+    assert raw.parse().choices[0].message.content == "Jupiter is the largest planet."

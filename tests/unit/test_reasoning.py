@@ -3,11 +3,13 @@ reasoning spent the budget."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import AsyncIterator
 
 import litellm
 
-from glm_saver.reasoning import history_for_cerebras, reasoning_text, reasoning_tokens, room_for_retry, spent_on_reasoning, with_room
+from glm_saver.reasoning import EmptyAnswer, guard_stream, history_for_cerebras, reasoning_text, reasoning_tokens, room_for_retry, spent_on_reasoning, with_room
 
 HISTORY = [
     {"role": "system", "content": "You are Cline."},
@@ -63,3 +65,41 @@ def test_the_retry_gets_more_room_but_never_past_the_clamp() -> None:
     assert room_for_retry(16000, 4096, 16384) == 16384
     assert room_for_retry(16384, 4096, 16384) is None
     assert with_room(50, 4096) == 4146 and with_room(None, 4096) is None
+
+
+def _chunk(delta: dict, finish: str | None = None) -> dict:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _through_guard(chunks: list[dict]) -> tuple[list[dict], Exception | None]:
+    async def source() -> AsyncIterator[dict]:
+        for chunk in chunks:
+            yield chunk
+
+    async def run() -> tuple[list[dict], Exception | None]:
+        seen: list[dict] = []
+        try:
+            async for chunk in guard_stream(source(), "cerebras"):
+                seen.append(chunk)
+        except EmptyAnswer as err:
+            return seen, err
+        return seen, None
+
+    return asyncio.run(run())
+
+
+def test_a_stream_with_content_passes_through_unchanged() -> None:
+    chunks = [_chunk({"reasoning_content": "hmm"}), _chunk({"content": "Hi"}), _chunk({}, "length"), {"choices": [], "usage": {"completion_tokens": 3}}]
+    assert _through_guard(chunks) == (chunks, None)
+
+
+def test_a_stream_of_only_reasoning_cut_for_length_ends_with_an_error_instead_of_its_finish() -> None:
+    thinking = [_chunk({"role": "assistant", "content": None}), _chunk({"reasoning_content": "hmm"})]
+    seen, error = _through_guard([*thinking, _chunk({}, "length"), {"choices": [], "usage": {"completion_tokens": 3}}])
+    assert seen == thinking  # the thinking streamed live; no finish, no usage
+    assert error is not None and "spent all of max_tokens on reasoning" in str(error)
+
+
+def test_a_tool_call_stream_cut_for_length_is_an_answer() -> None:
+    chunks = [_chunk({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{"}}]}), _chunk({}, "length")]
+    assert _through_guard(chunks) == (chunks, None)
