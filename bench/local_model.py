@@ -1,12 +1,16 @@
-"""The embedded model's speed, direct and through the proxy, and 3 parallel drafts against 1.
+"""The embedded model's speed, direct and through the proxy, 3 parallel drafts against 1, and the
+prebuilt server against the compiled one.
 
-Starts the real llama-server (`glm-saver local-model serve`, the cached build) and a real proxy in
-front of it (no Cerebras key, the config `glm-saver up` derives), then measures interleaved rounds:
+Starts the real prebuilt server (`glm-saver local-model serve`, the xllamacpp wheel), the compiled
+llama-server too when `glm-saver local-model install --build` made it, and a real proxy in front of
+the prebuilt one (no Cerebras key, the config `glm-saver up` derives), then measures interleaved
+rounds:
 
-- first-token latency and generation tokens/s of one streamed answer, straight to llama-server
-  and through the proxy (model glm-saver); the ratios are what the proxy costs;
+- first-token latency and generation tokens/s of one streamed answer, straight to each server
+  and through the proxy (model glm-saver); the ratios are what the proxy costs and what the
+  compiled server gains;
 - the wall time of 3 concurrent answers (what the parallel speculative strategy asks for) against
-  1, and the tokens/s all 3 produce together.
+  1, and the tokens/s all 3 produce together (prebuilt server).
 
     python bench/local_model.py [--rounds 5] [--max-tokens 64]
 """
@@ -28,7 +32,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glm_saver.local_server import EMBEDDED_ALIAS
+from glm_saver.launcher.local_model import BUILT, PREBUILT, Layout, cache_dir
+from glm_saver.launcher.local_server import EMBEDDED_ALIAS
 from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config
 from tests.e2e.proxy import MASTER_KEY, Proxy
 
@@ -71,26 +76,28 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-async def measure(direct: str, proxy: str, rounds: int, max_tokens: int) -> None:
+async def measure(servers: dict[str, str], proxy: str, rounds: int, max_tokens: int) -> None:
     auth = {"authorization": f"Bearer {MASTER_KEY}"}
-    # A fresh connection per request, on both paths: httpx reusing a kept-alive connection to
+    # A fresh connection per request, on every path: httpx reusing a kept-alive connection to
     # llama-server fails now and then ("server disconnected without sending a response"; ~1 in 50
     # requests here, even with a 2 s keep-alive expiry).
     async with httpx.AsyncClient(timeout=300, headers=auth, limits=httpx.Limits(max_keepalive_connections=0)) as http:
-        targets = {"direct": (f"{direct}/v1/chat/completions", EMBEDDED_ALIAS), "proxy": (f"{proxy}/v1/chat/completions", "glm-saver")}
-        await stream_once(http, *targets["direct"], 8)  # warm up both paths
-        await stream_once(http, *targets["proxy"], 8)
-        timings: dict[str, list[Timing]] = {"direct": [], "proxy": []}
+        targets = {name: (f"{url}/v1/chat/completions", EMBEDDED_ALIAS) for name, url in servers.items()}
+        targets["proxy"] = (f"{proxy}/v1/chat/completions", "glm-saver")
+        for target in targets.values():  # warm up every path
+            await stream_once(http, *target, 8)
+        timings: dict[str, list[Timing]] = {name: [] for name in targets}
         singles, triples, triple_tokens = [], [], []
+        prebuilt = targets[PREBUILT]
         for round_ in range(rounds):
-            order = ["direct", "proxy"] if round_ % 2 == 0 else ["proxy", "direct"]
+            order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
             for name in order:
                 timings[name].append(await stream_once(http, *targets[name], max_tokens))
             began = time.perf_counter()
-            await stream_once(http, *targets["direct"], max_tokens)
+            await stream_once(http, *prebuilt, max_tokens)
             singles.append(time.perf_counter() - began)
             began = time.perf_counter()
-            three = await asyncio.gather(*(stream_once(http, *targets["direct"], max_tokens) for _ in range(3)))
+            three = await asyncio.gather(*(stream_once(http, *prebuilt, max_tokens) for _ in range(3)))
             triples.append(time.perf_counter() - began)
             triple_tokens.append(sum(t.tokens for t in three) / triples[-1])
 
@@ -98,13 +105,20 @@ async def measure(direct: str, proxy: str, rounds: int, max_tokens: int) -> None
         got = timings[name]
         return median([t.first_token for t in got]) * 1000, median([t.tokens_per_second for t in got]), median([t.tokens for t in got])
 
-    (d_ft, d_tps, d_tok), (p_ft, p_tps, p_tok) = row("direct"), row("proxy")
+    labels = {PREBUILT: "direct, prebuilt server", BUILT: "direct, compiled server", "proxy": "proxy -> prebuilt server"}
+    rows = {name: row(name) for name in targets}
     print(f"rounds {rounds}, max_tokens {max_tokens}, medians")
-    print(f"  direct to llama-server : first token {d_ft:7.1f} ms   {d_tps:6.1f} tok/s   ({d_tok:.0f} tokens)")
-    print(f"  through the proxy      : first token {p_ft:7.1f} ms   {p_tps:6.1f} tok/s   ({p_tok:.0f} tokens)")
-    print(f"  proxy / direct         : first token x{p_ft / d_ft:.2f} (+{p_ft - d_ft:.0f} ms)   tok/s x{p_tps / d_tps:.2f}")
-    print(f"  1 draft                : {median(singles) * 1000:7.0f} ms wall")
-    print(f"  3 parallel drafts      : {median(triples) * 1000:7.0f} ms wall  (x{median(triples) / median(singles):.2f} of 1)   {median(triple_tokens):.1f} tok/s together")
+    for name, (first, tps, tokens) in rows.items():
+        print(f"  {labels[name]:25}: first token {first:7.1f} ms   {tps:6.1f} tok/s   ({tokens:.0f} tokens)")
+    (d_ft, d_tps, _), (p_ft, p_tps, _) = rows[PREBUILT], rows["proxy"]
+    print(f"  proxy / direct           : first token x{p_ft / d_ft:.2f} (+{p_ft - d_ft:.0f} ms)   tok/s x{p_tps / d_tps:.2f}")
+    if BUILT in rows:
+        b_ft, b_tps, _ = rows[BUILT]
+        print(f"  compiled / prebuilt      : first token x{b_ft / d_ft:.2f}   tok/s x{b_tps / d_tps:.2f}")
+    else:
+        print("  compiled server          : not built (glm-saver local-model install --build), not compared")
+    print(f"  1 draft                  : {median(singles) * 1000:7.0f} ms wall")
+    print(f"  3 parallel drafts        : {median(triples) * 1000:7.0f} ms wall  (x{median(triples) / median(singles):.2f} of 1)   {median(triple_tokens):.1f} tok/s together")
 
 
 def main() -> None:
@@ -113,15 +127,19 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, help="llama-server threads (default: what serve picks)")
     args = parser.parse_args()
+    kinds = [PREBUILT, *([BUILT] if Layout(cache_dir()).server_built() else [])]
     with tempfile.TemporaryDirectory() as scratch:
-        server = EmbeddedServer(log_path=Path(scratch) / "llama-server.log", parallel=3, threads=args.threads).start()
+        servers: dict[str, EmbeddedServer] = {}
         proxy = Proxy(directory=Path(scratch), cerebras_url="http://127.0.0.1:9/v1", cerebras_key=None)
         try:
-            proxy.start(embedded_proxy_config(server.options))
-            asyncio.run(measure(server.url, proxy.url, args.rounds, args.max_tokens))
+            for kind in kinds:
+                servers[kind] = EmbeddedServer(log_path=Path(scratch) / f"{kind}.log", parallel=3, threads=args.threads, server=kind).start()
+            proxy.start(embedded_proxy_config(servers[PREBUILT].options))
+            asyncio.run(measure({kind: server.url for kind, server in servers.items()}, proxy.url, args.rounds, args.max_tokens))
         finally:
             proxy.stop()
-            server.stop()
+            for server in servers.values():
+                server.stop()
 
 
 if __name__ == "__main__":

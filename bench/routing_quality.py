@@ -6,6 +6,10 @@ Each source is held out in turn. The new router is refitted by training/train_sc
 other shippable sources only (ridge and blend chosen by leave-one-source-out among *those*), never
 tuned on the held-out one; then every router ranks the held-out asks:
 - MMLU with per-model correctness (test split; Mixtral local, GPT-4 cloud);
+- mmlu-math: MMLU's mathematics, statistics and physics subjects (training/datasets.py
+  MATH_SUBJECTS, every split: often word problems with correctness labels, the proxy for GSM8K-like
+  traffic); the router is refitted on every shippable source with these subjects taken out of MMLU
+  (so it is held out from MMLU as a whole only in the "mmlu" row, and from math in this one);
 - Arena-Hard judge preferences (all 500 prompts; GPT-4-0314 vs five weaker models, GPT-4 Turbo judge);
 - AlpacaEval judge preferences (all 800 prompts; CC BY-NC, so evaluation only: the router held out
   from it is the shipped one, fitted on the three other sources);
@@ -13,7 +17,7 @@ tuned on the held-out one; then every router ranks the held-out asks:
 Routers: the new router (refitted without the held-out source), the shipped new router (fitted on
 all three shippable sources: on MMLU, Arena-Hard and coding it is NOT held out, shown for
 comparison with today's scorer), today's scorer (bench/scorer_v1.py: fitted on MMLU and coding
-train splits, so on those two sources it is not held out either), the rules alone, LiteLLM's complexity router
+train splits, so on those sources and mmlu-math it is not held out either), the rules alone, LiteLLM's complexity router
 (its default classifier called directly on the ask), token count, and random (20 seeds).
 
 Printed per source: APGR (area under the performance-gap-recovered curve; random = 0.5) with a
@@ -47,7 +51,7 @@ from glm_saver.request import latest_ask  # noqa: E402
 from glm_saver.settings import ClassifierSettings  # noqa: E402
 from tests import cline_shapes as cline  # noqa: E402
 from training import train_scorer  # noqa: E402
-from training.datasets import SHIPPABLE, Item, coding, mmlu, of_split, preferences  # noqa: E402
+from training.datasets import MATH_SUBJECTS, SHIPPABLE, Item, coding, mmlu, mmlu_math, of_split, preferences  # noqa: E402
 from training.metrics import curve  # noqa: E402
 
 Scorer = Callable[[list[dict[str, Any]]], float]
@@ -60,6 +64,7 @@ def held_out_sets() -> dict[str, tuple[list[Item], bool]]:
     """name -> (held-out asks, sent as Cline requests)."""
     return {
         "mmlu": (of_split(mmlu(), "test"), False),
+        "mmlu-math": (mmlu_math(), False),
         "arena_hard": (preferences("arena_hard"), False),
         "alpaca_eval": (preferences("alpaca_eval"), False),
         "coding": (of_split(coding(), "test"), True),
@@ -67,7 +72,12 @@ def held_out_sets() -> dict[str, tuple[list[Item], bool]]:
 
 
 def new_router_without(held: str) -> ComplexityClassifier:
-    """The new router refitted on the shippable sources other than `held`."""
+    """The new router refitted on the shippable sources other than `held`.
+
+    For "mmlu-math" every source is used, but MMLU without its math subjects (all their splits).
+    """
+    if held == "mmlu-math":
+        return train_scorer.classifier_of(train_scorer.shipped(SHIPPABLE, log=False, without_groups=MATH_SUBJECTS))
     sources = [name for name in SHIPPABLE if name != held]
     return train_scorer.classifier_of(train_scorer.shipped(sources, log=False))
 

@@ -44,6 +44,22 @@ INFORMATIVE_BASE_RATE = 0.85
 # Sources whose labels may be fitted into the shipped weights (licences: training/README.md).
 SHIPPABLE = ("mmlu", "coding", "arena_hard")
 EVALUATION_ONLY = ("alpaca_eval",)
+# MMLU subjects whose strong-model labels are unusable: GPT-4 "answers" 3% of high-school
+# mathematics correctly, far below the 25% of guessing (an answer-extraction failure in the source
+# responses, not the model), so weak-wrong/strong-right there says nothing. Left out everywhere.
+UNUSABLE_SUBJECTS = ("high_school_mathematics",)
+# MMLU's mathematics, statistics and physics-calculation subjects: their items are often word
+# problems with a measured answer, the nearest proxy we have for GSM8K-like traffic. The bench
+# holds them out as a source of their own ("mmlu-math"): the router evaluated on them is refitted
+# with these subjects removed from MMLU's training asks.
+MATH_SUBJECTS = (
+    "abstract_algebra",
+    "college_mathematics",
+    "college_physics",
+    "elementary_mathematics",
+    "high_school_physics",
+    "high_school_statistics",
+)
 
 
 @dataclass(frozen=True)
@@ -77,13 +93,15 @@ def _contaminated(folder: Path) -> set[str]:
 
 
 def mmlu(folder: Path = MMLU_DIR) -> list[Item]:
-    """All MMLU questions except the ones RouteLLM marks as contaminated."""
+    """All MMLU questions except the ones RouteLLM marks as contaminated and UNUSABLE_SUBJECTS."""
     if not folder.is_dir():
         raise FileNotFoundError(f"MMLU data not found at {folder} (shared/data/routellm-mmlu)")
     skip = _contaminated(folder)
     items = []
     for path in sorted(folder.glob("mmlu_*.csv")):
         subject = path.stem.removeprefix("mmlu_")
+        if subject in UNUSABLE_SUBJECTS:
+            continue
         with path.open(encoding="utf-8", newline="") as handle:
             for row in csv.DictReader(handle):
                 if row["prompt"] in skip:
@@ -106,6 +124,11 @@ def _coding_rows(path: Path) -> Iterator[tuple[str, str, str]]:
 def coding(path: Path = CODING_FILE) -> list[Item]:
     """Our coding-assistant asks: hard = needs the strong model, easy = the local one does it."""
     return [Item(ask, label == "easy", True, rule, split_of(ask, CODING_SPLIT)) for label, rule, ask in _coding_rows(path)]
+
+
+def mmlu_math(items: list[Item] | None = None) -> list[Item]:
+    """The MMLU questions of MATH_SUBJECTS (every split: the bench fits without any of them)."""
+    return [item for item in (mmlu() if items is None else items) if item.group in MATH_SUBJECTS]
 
 
 def of_split(items: list[Item], split: Split) -> list[Item]:

@@ -51,7 +51,7 @@ from training.metrics import curve
 OUT = REPO / "glm_saver" / "classifier" / "scorer_weights.json"
 # Ridge per standardised unit (sample weights sum to 1), searched for the embedding weights.
 SEMANTIC_L2 = (0.1, 1.0)
-BLEND = (0.25, 0.5, 1.0)
+BLEND = (0.1, 0.25, 0.5, 1.0)
 DENSE_L2 = 0.01
 NEWTON_STEPS = 15
 # Features whose "no signal" value is the typical ask rather than 0.
@@ -61,10 +61,13 @@ DIGITS = 5
 HOME_SOURCE = "coding"
 
 
-def training_items(source: str) -> list[Item]:
-    """What a source contributes to fitting: its train+val splits (test stays for the bench)."""
+def training_items(source: str, without_groups: Sequence[str] = ()) -> list[Item]:
+    """What a source contributes to fitting: its train+val splits (test stays for the bench).
+
+    `without_groups` drops whole groups (MMLU subjects) the bench holds out as a source of their own.
+    """
     if source == "mmlu":
-        return [item for item in mmlu() if item.split != "test"]
+        return [item for item in mmlu() if item.split != "test" and item.group not in without_groups]
     if source == "coding":
         return [item for item in coding() if item.split != "test"]
     return preferences(source)
@@ -206,13 +209,13 @@ def check_runtime_agrees(weights: dict, data: Encoded, model: Fit) -> None:
 
 
 @lru_cache(maxsize=None)
-def encoded_source(name: str) -> Encoded:
-    return encode(training_items(name))
+def encoded_source(name: str, without_groups: tuple[str, ...] = ()) -> Encoded:
+    return encode(training_items(name, without_groups))
 
 
-def shipped(sources: Sequence[str] = SHIPPABLE, log: bool = True) -> dict:
-    """The weights file's content, fitted on `sources` (their train+val splits)."""
-    encoded = {name: encoded_source(name) for name in sources}
+def shipped(sources: Sequence[str] = SHIPPABLE, log: bool = True, without_groups: tuple[str, ...] = ()) -> dict:
+    """The weights file's content, fitted on `sources` (their train+val splits, less `without_groups`)."""
+    encoded = {name: encoded_source(name, without_groups if name == "mmlu" else ()) for name in sources}
     model = train(encoded, log)
     info = {
         "trained_by": "training/train_scorer.py",

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from glm_saver.books import metrics
-from glm_saver.settings import BudgetSettings, GlmSaverSettings, Period
+import glm_saver.books.metrics as metrics
 from glm_saver.books.store import Store
+from glm_saver.settings import BudgetSettings, GlmSaverSettings, Period
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from the text instead. Nothing of a request's content is kept: only names, count
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from glm_saver.books import metrics
+import glm_saver.books.metrics as metrics
 from glm_saver.books.budgets import BudgetBook, BudgetUse
 from glm_saver.books.store import StoreUnavailable, build_store
 from glm_saver.deployments import Prices, group_prices
@@ -32,8 +33,10 @@ logger = logging.getLogger(__name__)
 FINAL = "final"
 # Who a call was for: the client's answer, or one of the cascade's own calls.
 ROLES = ("draft", "verify", FINAL)
-# Answers kept in memory while the store cannot be written, booked when it answers again.
+# Answers kept in memory while the store cannot be written, booked when it answers again (tried
+# again this often while any wait, so they are booked even when no new request comes).
 MAX_UNBOOKED = 100_000
+UNBOOKED_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class Ledger:
         self.cloud_prices = group_prices(config, settings.cloud_group)
         self._settings = settings
         self._unbooked: deque[tuple[Charge, Ticket | None]] = deque(maxlen=MAX_UNBOOKED)
+        self._retry: asyncio.Task[None] | None = None
+        self._booking = asyncio.Lock()
 
     def keeps(self, group: str | None) -> bool:
         return group in self._prices
@@ -148,12 +153,27 @@ class Ledger:
     async def record(self, record: CallRecord) -> None:
         """Book an answer and settle its ticket; while the store is down, keep it to book later."""
         self._unbooked.append((self.charge_of(record), record.ticket))
-        try:
-            while self._unbooked:
-                await self._book(*self._unbooked[0])
-                self._unbooked.popleft()
-        except StoreUnavailable as err:
-            logger.error("glm_saver: %d answer(s) not booked yet, kept until the store answers: %s", len(self._unbooked), err)
+        await self._book_waiting()
+
+    async def _book_waiting(self) -> None:
+        # One booker at a time: the queue's head is booked, then dropped, so two concurrent
+        # bookers would book it twice.
+        async with self._booking:
+            try:
+                while self._unbooked:
+                    await self._book(*self._unbooked[0])
+                    self._unbooked.popleft()
+            except StoreUnavailable as err:
+                logger.error("glm_saver: %d answer(s) not booked yet, kept until the store answers: %s", len(self._unbooked), err)
+                self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.get_running_loop().create_task(self._retry_after_pause())
+
+    async def _retry_after_pause(self) -> None:
+        await asyncio.sleep(UNBOOKED_RETRY_SECONDS)
+        await self._book_waiting()
 
     @property
     def unbooked(self) -> int:

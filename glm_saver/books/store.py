@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -34,6 +35,7 @@ FLUSH_SECONDS = 1.0
 REDIS_TIMEOUT_SECONDS = 2.0
 # Optimistic transactions retried this often before the update is given up as unavailable.
 MAX_WATCH_RETRIES = 50
+WATCH_BACKOFF_SECONDS = 0.002
 
 
 class StoreUnavailable(RuntimeError):
@@ -108,7 +110,7 @@ class RedisStore(Generic[M]):
 
         full_key = self._key(key)
         async with _reaching_redis(), self._client.pipeline(transaction=True) as pipe:
-            for _ in range(MAX_WATCH_RETRIES):
+            for attempt in range(MAX_WATCH_RETRIES):
                 try:
                     await pipe.watch(full_key)
                     value, result = change(self._parse(await pipe.get(full_key)))
@@ -117,7 +119,9 @@ class RedisStore(Generic[M]):
                     await pipe.execute()
                     return result
                 except WatchError:
-                    continue  # another proxy changed it first: recompute on its value
+                    # Another proxy changed it first: recompute on its value, after a short random
+                    # pause so that proxies in step do not collide again and again.
+                    await asyncio.sleep(random.uniform(0, WATCH_BACKOFF_SECONDS * (attempt + 1)))
         raise StoreUnavailable(f"redis: {full_key} changed under {MAX_WATCH_RETRIES} attempts in a row")
 
 

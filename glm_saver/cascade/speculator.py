@@ -33,17 +33,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from glm_saver import proxy
 from glm_saver.callers import caller_label
 from glm_saver.cascade.scoring import DraftFacts, best_draft, score_drafts
-from glm_saver import proxy
+from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.events import CALL_KEY
 from glm_saver.failures import is_unreachable
 from glm_saver.reasoning import room_for_retry, spent_on_reasoning, with_room
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
-from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
-from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.routing.policy import Decision
+from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
 
 logger = logging.getLogger(__name__)
 

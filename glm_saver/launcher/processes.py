@@ -79,7 +79,7 @@ class Child:
 
 def spawn(name: str, command: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
+    with log_path.open("wb") as log:  # one log per run: a crash shows this run's lines only
         process = subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,

@@ -2,12 +2,13 @@
 
 1. If the config's local base URL already answers (a running Ollama, llama.cpp, LM Studio), it
    wins and the config is used as it is.
-2. Otherwise the embedded model (`glm-saver local-model install`) is started with llama-server,
-   and the proxy gets a *derived* config: LiteLLM's `os.environ/VAR` has no default, so the
-   local group's api_base cannot point at "the embedded server unless set". The derived copy,
-   written to <cache>/run/<port>/ with the config's hooks/ beside it (LiteLLM loads the plugin
-   shim relative to the config), differs only in the local group's model, api_base and window.
-3. `litellm --config ...` starts; once both answer their health checks, what to put into Cline is
+2. Otherwise the embedded model (`glm-saver local-model install`) is started on its server (the
+   prebuilt xllamacpp one, or `--server built`) and must answer one short completion. The proxy
+   gets a *derived* config: LiteLLM's `os.environ/VAR` has no default, so the local group's
+   api_base cannot point at "the embedded server unless set". The derived copy, written to
+   <cache>/run/<port>/ with the config's hooks/ beside it (LiteLLM loads the plugin shim relative
+   to the config), differs only in the local group's model, api_base and window.
+3. `litellm --config ...` starts; once both answer, "ready" and what to put into Cline are
    printed. Ctrl-C or SIGTERM stops the proxy, then the model; nothing is left running.
 """
 
@@ -26,20 +27,11 @@ from typing import Any
 import yaml
 
 from glm_saver.deployments import api_key_configured
-from glm_saver.local_model import Layout
-from glm_saver.local_server import OUTPUT_RESERVE, ServeOptions, server_command
-from glm_saver.processes import (
-    ChildFailed,
-    Stopped,
-    Supervisor,
-    answers,
-    spawn,
-    stop_on_signals,
-    wait_until,
-)
+from glm_saver.launcher.local_model import Layout
+from glm_saver.launcher.local_server import OUTPUT_RESERVE, ServeOptions, server_command, start_server
+from glm_saver.launcher.processes import ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
 from glm_saver.settings import GlmSaverSettings, load_config_file, settings_from_config
 
-LOCAL_START_TIMEOUT = 120.0
 PROXY_START_TIMEOUT = 240.0
 HOOK_SHIM = "from glm_saver.plugin import plugin_from_proxy_config\n\nproxy_handler_instance = plugin_from_proxy_config()\n"
 
@@ -103,7 +95,7 @@ def master_key(layout: Layout) -> str:
     """$LITELLM_MASTER_KEY, else a key generated once and kept (0600) in the cache."""
     if os.environ.get("LITELLM_MASTER_KEY"):
         return os.environ["LITELLM_MASTER_KEY"]
-    path = layout.root / "master_key"
+    path = layout.master_key
     if path.is_file():
         return path.read_text().strip()
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -125,13 +117,11 @@ def litellm_executable() -> str:
 
 
 def _start_embedded(options: UpOptions, supervisor: Supervisor) -> LocalModel:
-    command = server_command(options.layout, options.serve)  # fails early if not installed
+    server_command(options.layout, options.serve)  # fails early, before any port check, if not installed
     if port_in_use(options.serve.port):
         raise ChildFailed(f"port {options.serve.port} is already in use; pick another with --local-port")
-    print(f"starting the local model {options.serve.alias} on {options.serve.base_url} ...", flush=True)
-    child = supervisor.add(spawn("llama-server", command, options.layout.logs / f"llama-server-{options.serve.port}.log"))
-    health = options.serve.base_url.removesuffix("/v1") + "/health"
-    wait_until(child, lambda: answers(health), LOCAL_START_TIMEOUT, "serving")
+    print(f"starting the local model {options.serve.alias} on {options.serve.base_url} ({options.serve.server_name}) ...", flush=True)
+    start_server(options.layout, options.serve, supervisor, options.layout.logs / f"{options.serve.server}-server-{options.serve.port}.log")
     return LocalModel(options.serve.base_url, options.serve.alias, embedded=True)
 
 
@@ -148,12 +138,12 @@ def _start_proxy(options: UpOptions, config_path: Path, key: str, supervisor: Su
 
 def _summary(options: UpOptions, local: LocalModel, key: str, settings: GlmSaverSettings, cloud_configured: bool) -> str:
     base = f"http://127.0.0.1:{options.port}"
-    where = f"embedded llama-server, {options.serve.parallel} parallel slots" if local.embedded else "already running"
+    where = f"embedded, {options.serve.server_name}, {options.serve.parallel} parallel slots" if local.embedded else "already running"
     cloud = "configured" if cloud_configured else "not configured (set CEREBRAS_API_KEY to send complex asks there); everything goes local"
     return "\n".join(
         [
             "",
-            "GLM Token Saver is up. In Cline:",
+            "GLM Token Saver is ready. In Cline:",
             f"  API provider: LiteLLM              base URL: {base}",
             f"  or API provider: OpenAI Compatible base URL: {base}/v1",
             f"  API key: {key}",

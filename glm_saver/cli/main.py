@@ -65,14 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.set_defaults(run=_check_config)
 
-    from glm_saver.local_cli import add_commands as add_local_model_commands
+    from glm_saver.cli.local_model import add_commands as add_local_model_commands
 
     add_local_model_commands(commands)  # local-model install|serve, up
-    from glm_saver.calibrate_cli import add_commands as add_calibrate_command
+    from glm_saver.cli.calibrate import add_commands as add_calibrate_command
 
     add_calibrate_command(commands)  # calibrate FILE.jsonl
-    from glm_saver.keys_cli import add_command as add_hash_key_command
-    from glm_saver.stats_cli import add_command as add_stats_command
+    from glm_saver.cli.keys import add_command as add_hash_key_command
+    from glm_saver.cli.stats import add_command as add_stats_command
 
     add_hash_key_command(commands)  # hash-key KEY
     add_stats_command(commands)  # stats [--url] [--key] [--json]

@@ -235,12 +235,19 @@ def _error_message(response: httpx.Response) -> str:
     return str(error.get("message") if isinstance(error, Mapping) else error)[:300]
 
 
+def proxy_key(explicit: str | None) -> str | None:
+    """--key, else $LITELLM_MASTER_KEY, else the key `glm-saver up` generated and kept in the cache."""
+    from glm_saver.launcher.local_model import Layout, cache_dir, saved_master_key
+
+    return explicit or os.environ.get("LITELLM_MASTER_KEY") or saved_master_key(Layout(cache_dir()))
+
+
 def _run(args: argparse.Namespace) -> int:
-    key = args.key or os.environ.get("LITELLM_MASTER_KEY")
+    key = proxy_key(args.key)
     try:
         snapshot = fetch(args.url, key)
     except StatsError as err:
-        hint = "" if key else " (no key: pass --key or set LITELLM_MASTER_KEY)"
+        hint = "" if key else " (no key: pass --key, set LITELLM_MASTER_KEY, or start the proxy with `glm-saver up`)"
         print(f"glm-saver stats: {err}{hint}", file=sys.stderr)
         return 1
     if args.json:
@@ -253,6 +260,6 @@ def _run(args: argparse.Namespace) -> int:
 def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     stats = commands.add_parser("stats", help="print /stats of a running proxy as tables (tokens, cost, savings, budgets)")
     stats.add_argument("--url", default=DEFAULT_URL, help=f"the proxy's base URL (default {DEFAULT_URL})")
-    stats.add_argument("--key", help="the master key (default $LITELLM_MASTER_KEY); /stats needs it")
+    stats.add_argument("--key", help="the master key (default $LITELLM_MASTER_KEY, else the one `glm-saver up` generated); /stats needs it")
     stats.add_argument("--json", action="store_true", help="print the raw JSON instead of tables")
     stats.set_defaults(run=_run)

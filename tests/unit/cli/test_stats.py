@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from glm_saver.cli import main
-from glm_saver.stats_cli import StatsError, fetch, fmt, render, table
+from glm_saver.cli.stats import StatsError, fetch, fmt, render, table
 
 
 def _tally(requests: int, prompt: int, completion: int, cost: float, cloud: float) -> dict:
