@@ -13,6 +13,7 @@ from typing import Any
 
 from glm_saver.books.ledger import FINAL
 from glm_saver.callers import caller_label
+from glm_saver.reasoning import reasoning_text, reasoning_tokens
 from glm_saver.request import content_text, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, Ticket
 from glm_saver.tokens import count_tokens
@@ -35,7 +36,8 @@ class CallRecord:
     ticket: Ticket | None  # the gate's ticket for this very group, if it went through the gate
     headers: Mapping[str, Any] | None  # upstream response headers (rate limits, retry-after)
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # reasoning tokens included (OpenAI's convention, Cerebras' too)
+    reasoning_tokens: int = 0  # of completion_tokens, how many went on reasoning (shown, not billed again)
     received_at: float | None = None  # when the answer's headers arrived (a stream logs at its end)
     status: int | None = None  # of a failure
     error: str | None = None  # a failure's exception class name
@@ -87,6 +89,7 @@ def answer_text(response: Any) -> str:
         if message is None:
             continue
         parts += content_text(getattr(message, "content", None))
+        parts.append(reasoning_text(message))  # reasoning is output too: it is billed as such
         for call in getattr(message, "tool_calls", None) or []:
             function = getattr(call, "function", None)
             parts += [getattr(function, "name", "") or "", getattr(function, "arguments", "") or ""]
@@ -111,6 +114,17 @@ def usage_tokens(kwargs: Mapping[str, Any], response: Any) -> tuple[int, int]:
 SERVED_KEY = "glm_saver_served"
 
 
+def answer_reasoning_tokens(response: Any) -> int:
+    """Reasoning tokens of an answer: from its usage, else counted from its reasoning text (when
+    the usage has no completion count either, so the two counts agree)."""
+    usage = getattr(response, "usage", None)
+    reported = reasoning_tokens(usage)
+    if reported or int(getattr(usage, "completion_tokens", 0) or 0):
+        return reported
+    choices = getattr(response, "choices", None) or []
+    return sum(count_tokens(reasoning_text(getattr(c, "message", None) or getattr(c, "delta", None))) for c in choices)
+
+
 def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
     served = _metadata(kwargs).get(SERVED_KEY)
     prompt, completion = usage_tokens(kwargs, response)
@@ -121,6 +135,7 @@ def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
         headers=kwargs.get("response_headers"),
         prompt_tokens=prompt,
         completion_tokens=completion,
+        reasoning_tokens=answer_reasoning_tokens(response),
         received_at=_epoch(kwargs.get("completion_start_time")),
     )
 

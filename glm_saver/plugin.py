@@ -31,11 +31,12 @@ from glm_saver.books.ledger import ROLES, Ledger, Tally
 from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
 from glm_saver.callers import caller_label
 from glm_saver.cascade.live import LiveAnswers, stream_live
-from glm_saver.cascade.speculator import Speculator, placeholder_mock
+from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata, placeholder_mock
 from glm_saver.classifier import Classifier, build_classifier
 from glm_saver.deployments import api_key_configured, group_window
 from glm_saver.events import CALL_KEY, PLAN_KEY, CallRecord, read_failure, read_success
 from glm_saver.failures import no_model_answered, redacted
+from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
@@ -84,6 +85,11 @@ def _refusal_error(refusal: Refusal, group: str) -> Exception:
     if refusal.reason == "store-down":
         return litellm.ServiceUnavailableError(message=message, llm_provider="cerebras", model=group)
     return litellm.RateLimitError(message=message, llm_provider="cerebras", model=group)
+
+
+def _empty_answer_error(message: str) -> ProxyException:
+    """The model answered, but with nothing the client could use: a 502 that says why."""
+    return ProxyException(message=f"glm_saver: {message}; raise max_tokens or lower reasoning_effort", type="empty_answer", param="max_tokens", code=502)
 
 
 class GlmSaver(CustomLogger):
@@ -212,7 +218,19 @@ class GlmSaver(CustomLogger):
         name = "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
         asked = kwargs.get(name)
         kwargs[name] = min(asked, ticket.max_tokens) if isinstance(asked, int) else ticket.max_tokens
+        self._fit_for_cerebras(kwargs, str(group))
         return kwargs
+
+    def _fit_for_cerebras(self, kwargs: dict[str, Any], group: str) -> None:
+        """What Cerebras would refuse or miss: reasoning fields on the history's assistant turns
+        (a 400 otherwise) and the group's default reasoning_effort. The client's value wins."""
+        messages = kwargs.get("messages")
+        cleaned = history_for_cerebras(messages) if isinstance(messages, list) else None
+        if cleaned is not None:
+            kwargs["messages"] = cleaned  # a new list: the client's request itself is not changed
+        effort = self.settings.reasoning_of(group).effort
+        if effort is not None and kwargs.get("reasoning_effort") is None:
+            kwargs["reasoning_effort"] = effort
 
     def _hold_local_window(self, kwargs: Mapping[str, Any], tag: Mapping[str, Any], group: str) -> None:
         tokens = tag.get("prompt_tokens")
@@ -237,6 +255,46 @@ class GlmSaver(CustomLogger):
             logger.warning("glm_saver: refused a call to %s (%s)", group, granted.reason)
             raise _refusal_error(granted, group)
         return granted
+
+    # ---- answers coming back --------------------------------------------------------------------
+
+    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+        """A non-streamed Cerebras answer left empty because reasoning used the whole max_tokens is
+        never handed to the client: it is asked again once with more room (through the gate, like
+        any paid call), else the client gets a 502 that says why."""
+        group = proxy.group_of_deployment((getattr(response, "_hidden_params", None) or {}).get("model_id"))
+        if group not in self._cloud_groups or not spent_on_reasoning(response):
+            return None
+        used = int(getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0)
+        used = used or int(data.get("max_completion_tokens") or data.get("max_tokens") or 0)
+        room = room_for_retry(used, self.settings.reasoning_of(str(group)).retry_room, self.settings.rate_limits.max_tokens_cap)
+        why = f"{group} spent all {used} max_tokens on reasoning and returned no answer"
+        if room is None:
+            raise _empty_answer_error(f"{why}, and the clamp ({self.settings.rate_limits.max_tokens_cap}) leaves no room to retry")
+        logger.warning("glm_saver: %s; asking once more with max_tokens %d", why, room)
+        self.stats.record_failure(str(group), "reasoning-spent-budget")
+        try:
+            retried = await self._retry_with_room(data, str(group), room)
+        except Exception as err:
+            raise _empty_answer_error(f"{why}; the retry with max_tokens {room} failed ({type(err).__name__})") from None
+        if spent_on_reasoning(retried):
+            raise _empty_answer_error(f"{why}; the retry with max_tokens {room} was empty too")
+        return retried
+
+    async def _retry_with_room(self, data: Mapping[str, Any], group: str, room: int) -> Any:
+        """One more call to the same group with more room; the deployment hook gives it its own
+        ticket (clamp, headroom, budget hold), so it can never go past a budget."""
+        params = {key: data[key] for key in (*PASSTHROUGH, "reasoning_effort") if data.get(key) is not None}
+        return await proxy.router().acompletion(
+            model=group,
+            messages=data.get("messages") or [],
+            metadata=call_metadata(data, "retry"),
+            max_tokens=room,
+            disable_fallbacks=True,
+            num_retries=0,
+            stream=False,
+            **params,
+        )
 
     # ---- facts coming back --------------------------------------------------------------------
 
@@ -265,15 +323,19 @@ class GlmSaver(CustomLogger):
 
     async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> AsyncIterator[Any]:
         """A draft committed on its prefix streams here, in place of the placeholder LiteLLM holds;
-        every other stream passes through untouched."""
+        a stream from Cerebras that reasoning left empty ends with an error, not as an empty answer
+        (the chunks already sent cannot be taken back to retry); every other stream passes untouched."""
         metadata = request_data.get("metadata") or {}
         live = self.live.claim(metadata.get("glm_saver_live"))
-        if live is None:
-            async for chunk in response:
-                yield chunk
-            return
-        include_usage = bool((request_data.get("stream_options") or {}).get("include_usage"))
-        async for item in stream_live(live, response, metadata, include_usage, self.settings.speculative.keepalive_seconds):
+        group = metadata.get("model_group") or request_data.get("model")
+        if live is not None:
+            include_usage = bool((request_data.get("stream_options") or {}).get("include_usage"))
+            stream = stream_live(live, response, metadata, include_usage, self.settings.speculative.keepalive_seconds)
+        elif group in self._cloud_groups:
+            stream = guard_stream(response, str(group))
+        else:
+            stream = response
+        async for item in stream:
             yield item
 
     async def async_log_success_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:

@@ -180,6 +180,13 @@ class SpeculativeSettings(_Strict):
         return self
 
 
+class ReasoningSettings(_Strict):
+    """How the plugin treats one paid group's reasoning model (see reasoning.py)."""
+
+    effort: Literal["low", "medium", "high"] | None = Field(default=None, description="reasoning_effort sent when the client sets none")
+    retry_room: int = Field(default=4096, ge=1, description="extra max_tokens for the one retry of an answer left empty by reasoning")
+
+
 Period = Literal["daily", "weekly", "monthly", "none"]
 
 
@@ -236,6 +243,12 @@ class GlmSaverSettings(_Strict):
     keys: list[ApiKeySettings] = Field(default_factory=list)
     alert_webhook: str | None = Field(default=None, description="URL that budget alerts are POSTed to as JSON")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    # Per paid group (`cerebras`, an entry model): its reasoning model's defaults.
+    reasoning: dict[str, ReasoningSettings] = Field(default_factory=dict)
+
+    def reasoning_of(self, group: str) -> ReasoningSettings:
+        """A group's reasoning settings: its own, else the cloud group's, else the defaults."""
+        return self.reasoning.get(group) or self.reasoning.get(self.cloud_group) or ReasoningSettings()
 
     @field_validator("override_header")
     @classmethod
@@ -282,7 +295,12 @@ def _model_groups(config: dict[str, Any]) -> set[str]:
 def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
     """The groups the plugin routes between must exist in model_list."""
     groups = _model_groups(config)
-    named = {"local_group": [settings.local_group], "cloud_group": [settings.cloud_group], "entry_models": settings.entry_models}
+    named = {
+        "local_group": [settings.local_group],
+        "cloud_group": [settings.cloud_group],
+        "entry_models": settings.entry_models,
+        "reasoning": list(settings.reasoning),
+    }
     for key, names in named.items():
         missing = [name for name in names if name not in groups]
         if missing:

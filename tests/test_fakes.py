@@ -644,3 +644,66 @@ def test_retry_after_is_a_whole_number_of_seconds_rounded_up(clock: FakeClock) -
         response = chat(fake, max_tokens=1_000)
     assert response.status_code == 429
     assert response.headers["retry-after"] == str(math.ceil(1.5))
+
+
+# -- reasoning models -----------------------------------------------------------------------------
+
+THOUGHT = "The user wants a greeting. A short one will do, so I answer briefly."
+
+
+def test_reasoning_fake_streams_thinking_before_content_and_reports_reasoning_tokens() -> None:
+    with FakeUpstream("cerebras", reasoning=THOUGHT) as fake, client(fake) as c:
+        chunks = list(c.chat.completions.create(model="m", messages=USER, stream=True))  # type: ignore[arg-type]
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    kinds = ["reasoning" if getattr(d, "reasoning_content", None) else "content" for d in deltas if getattr(d, "reasoning_content", None) or d.content]
+    assert kinds == sorted(kinds, key=lambda kind: kind != "reasoning") and "reasoning" in kinds and "content" in kinds
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == THOUGHT
+    assert "".join(d.content or "" for d in deltas) == "Hello from cerebras."
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == count_tokens(THOUGHT)
+    # OpenAI's convention: completion tokens include the reasoning tokens.
+    assert usage.completion_tokens == count_tokens(THOUGHT) + count_tokens("Hello from cerebras.")
+    assert fake.served[0].reasoning_tokens == count_tokens(THOUGHT)
+
+
+def test_reasoning_fake_non_stream_carries_reasoning_content_beside_the_content() -> None:
+    with FakeUpstream("cerebras", reasoning=THOUGHT) as fake:
+        body = chat(fake).json()
+    message = body["choices"][0]["message"]
+    assert message["reasoning_content"] == THOUGHT and message["content"] == "Hello from cerebras."
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": count_tokens(THOUGHT)}
+
+
+def test_reasoning_that_uses_the_whole_budget_leaves_the_content_empty() -> None:
+    budget = count_tokens(THOUGHT) - 3
+    with FakeUpstream("cerebras", reasoning=THOUGHT) as fake:
+        body = chat(fake, max_tokens=budget).json()
+    choice = body["choices"][0]
+    assert choice["message"]["content"] == "" and choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == budget == body["usage"]["completion_tokens_details"]["reasoning_tokens"]
+
+
+def test_reasoning_comes_before_a_tool_call_in_a_stream() -> None:
+    with FakeUpstream("cerebras", reasoning=THOUGHT) as fake, client(fake) as c:
+        chunks = list(c.chat.completions.create(model="m", messages=USER, tools=TOOLS, stream=True))  # type: ignore[arg-type]
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    first_call = next(i for i, d in enumerate(deltas) if d.tool_calls)
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas[:first_call]) == THOUGHT
+    arguments = "".join(c.function.arguments or "" for d in deltas for c in d.tool_calls or [] if c.function)
+    assert json.loads(arguments) == {"paths": [], "why": "example"}
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_cerebras_refuses_a_history_whose_assistant_turn_carries_reasoning(cerebras: FakeUpstream, field: str) -> None:
+    history = [*USER, {"role": "assistant", "content": "Hi.", field: "I thought about it."}, {"role": "user", "content": "Again."}]
+    with client(cerebras) as c, pytest.raises(openai.BadRequestError) as raised:
+        c.chat.completions.create(model="m", messages=history)  # type: ignore[arg-type]
+    assert raised.value.status_code == 400
+    assert raised.value.body["message"] == f"messages.1.assistant.{field}: property 'messages.1.assistant.{field}' is unsupported"
+    assert raised.value.body["type"] == "invalid_request_error" and not cerebras.served
+
+
+def test_local_fake_accepts_reasoning_in_the_history(local: FakeUpstream) -> None:
+    history = [*USER, {"role": "assistant", "content": "Hi.", "reasoning_content": "hmm"}, {"role": "user", "content": "Again."}]
+    assert chat(local, messages=history).status_code == 200

@@ -49,10 +49,11 @@ class Charge:
     key: str  # who pays: a key alias or a short hash, never the key
     role: str  # final (the client's answer), draft or verify (the cascade's internal calls)
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # reasoning included, so it is billed once, as output
     cost: float
     cloud_cost: float  # what always-Cerebras would have cost for this (0 for internal calls)
     counts_tokens: bool = True  # False for a cascade answer replayed from drafts already counted
+    reasoning_tokens: int = 0  # of completion_tokens: shown in the books, never priced a second time
 
 
 class Tally(BaseModel):
@@ -60,6 +61,7 @@ class Tally(BaseModel):
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # part of completion_tokens
     cost_usd: float = 0.0
     cloud_cost_usd: float = 0.0
 
@@ -69,6 +71,7 @@ class Tally(BaseModel):
         if charge.counts_tokens:
             self.prompt_tokens += charge.prompt_tokens
             self.completion_tokens += charge.completion_tokens
+            self.reasoning_tokens += charge.reasoning_tokens
         self.cost_usd += charge.cost
         self.cloud_cost_usd += charge.cloud_cost
 
@@ -144,6 +147,7 @@ class Ledger:
             cloud_cost=self.cloud_prices.cost(prompt, completion) if role == FINAL else 0.0,
             # A cascade answer replays drafts whose tokens their own calls already counted.
             counts_tokens=not route.startswith("draft-"),
+            reasoning_tokens=record.reasoning_tokens,
         )
 
     async def record(self, record: CallRecord) -> None:

@@ -45,6 +45,7 @@ from glm_saver.cascade.scoring import DraftFacts, Score, best_draft, score_draft
 from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.events import CALL_KEY
 from glm_saver.failures import is_unreachable
+from glm_saver.reasoning import room_for_retry, spent_on_reasoning, with_room
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
 from glm_saver.routing.policy import Decision
@@ -88,6 +89,10 @@ VERIFY_INSTRUCTION = (
     "mentioning the draft.\n\n<draft>\n{draft}\n</draft>"
 )
 _ACCEPTANCE = re.compile(r"[\W_]*accept(ed)?[\W_]*", re.IGNORECASE)
+
+
+class _EmptyVerdict(Exception):
+    """Cerebras answered the verify with nothing usable; the message is the short reason."""
 
 
 # ---- pure pieces --------------------------------------------------------------------------------
@@ -443,22 +448,38 @@ class Speculator:
             return "cerebras has no headroom (rate-limited or not configured)"
         if self._cloud_gate is None:
             return "no-gate: the cascade has no gate to Cerebras"
-        granted = await self._cloud_gate.admit(key, self.settings.cloud_group, prompt_tokens(messages), view.max_tokens)
+        # A reasoning model thinks before its verdict: room for that on top of the answer's length.
+        asked = with_room(view.max_tokens, self.settings.reasoning_of(self.settings.cloud_group).retry_room)
+        granted = await self._cloud_gate.admit(key, self.settings.cloud_group, prompt_tokens(messages), asked)
         return granted if isinstance(granted, Ticket) else f"{granted.reason}: {granted.detail}"
+
+    async def _verify_call(self, data: Mapping[str, Any], messages: list[dict[str, Any]], ticket: Ticket, key: str) -> Any:
+        """The verify call; a verdict left empty because reasoning used its budget is asked once
+        more with room, through the gate again (a refusal leaves the empty verdict to fail)."""
+        group = self.settings.cloud_group
+        response = await self._call(group, "verify", messages, verify_params(data, ticket), self.options.verify_timeout, data, ticket)
+        room = room_for_retry(ticket.max_tokens, self.settings.reasoning_of(group).retry_room, self.settings.rate_limits.max_tokens_cap)
+        if not spent_on_reasoning(response) or room is None or self._cloud_gate is None:
+            return response
+        granted = await self._cloud_gate.admit(key, group, prompt_tokens(messages), room)
+        if not isinstance(granted, Ticket):
+            return response
+        logger.warning("glm_saver: the verify's reasoning used all %d max_tokens; asking once more with %d", ticket.max_tokens, room)
+        return await self._call(group, "verify", messages, verify_params(data, granted), self.options.verify_timeout, data, granted)
 
     async def _verify(self, data: Mapping[str, Any], view: RequestView, decision: Decision, draft: Draft, summary: str, key: str) -> Outcome:
         messages = verify_messages(view.messages, draft)
         ticket = await self._verify_ticket(key, messages, view)
         if not isinstance(ticket, Ticket):
             return self._with_draft(view, decision, draft, "draft-accepted", "verify-skipped", f"{ticket}; draft unverified ({summary})", spent=(0, 0))
-        params = verify_params(data, ticket)
         try:
-            response = await self._call(self.settings.cloud_group, "verify", messages, params, self.options.verify_timeout, data, ticket)
+            response = await self._verify_call(data, messages, ticket, key)
+            # The verdict is the answer's content; a reasoning model's thinking is not read.
             verdict = draft_from_response(response)
             if not verdict.text.strip():
-                raise ValueError("empty verdict")
+                raise _EmptyVerdict("reasoning-spent-budget" if spent_on_reasoning(response) else "empty")
         except Exception as err:
-            kind = "empty" if isinstance(err, ValueError) else failure_kind(err)
+            kind = str(err) if isinstance(err, _EmptyVerdict) else failure_kind(err)
             self.stats.record_verify(kind)
             logger.warning("glm_saver: verify failed (%s); answering with the best draft", kind)
             return self._with_draft(view, decision, draft, "draft-accepted", "verify-failed", f"cerebras {kind} during verify; draft unverified ({summary})", spent=(0, 0))

@@ -49,15 +49,22 @@ class Answer:
     logprob: float = DEFAULT_LOGPROB
     logprobs: bool = False
     top_logprobs: int = 0
+    reasoning: str | None = None  # a reasoning model's thinking, sent before the content
+    reasoning_tokens: int = 0  # of one choice; part of max_tokens and of completion_tokens
 
     @property
-    def usage(self) -> dict[str, int]:
-        completion = self.completion_tokens * self.n
-        return {
+    def usage(self) -> dict[str, Any]:
+        # OpenAI's convention, which Cerebras follows: completion_tokens includes the reasoning
+        # tokens, and completion_tokens_details says how many of them were reasoning.
+        completion = (self.completion_tokens + self.reasoning_tokens) * self.n
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
         }
+        if self.reasoning is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens * self.n}
+        return usage
 
 
 @dataclass(frozen=True)
@@ -140,8 +147,14 @@ def plan_answer(
     default_reply: str,
     rules: list[ReplyRule],
     call_id: str,
+    reasoning: str | None = None,
 ) -> Answer:
-    """Decide the (deterministic) answer to a chat request."""
+    """Decide the (deterministic) answer to a chat request.
+
+    With ``reasoning`` the fake is a reasoning model: that text is thought first and takes its
+    tokens out of max_tokens, so a small max_tokens leaves nothing for the content (which then
+    comes back empty with finish_reason "length", as public reports of GLM-4.7 describe).
+    """
     prompt_tokens = tokens.count_prompt_tokens(body)
     user_text = last_user_text(body)
     rule = next((r for r in rules if r.match in user_text), None)
@@ -152,6 +165,15 @@ def plan_answer(
         "logprobs": bool(body.get("logprobs")),
         "top_logprobs": int(body.get("top_logprobs") or 0),
     }
+    limit = requested_max_tokens(body)
+    limit = MAX_COMPLETION_TOKENS if limit is None else min(limit, MAX_COMPLETION_TOKENS)
+    if reasoning is not None:
+        thought, thought_tokens, thought_cut = tokens.truncate(reasoning, limit)
+        common.update(reasoning=thought, reasoning_tokens=thought_tokens)
+        limit -= thought_tokens
+        if thought_cut or limit <= 0:
+            # The budget went on thinking: nothing is left for the answer.
+            return Answer("", None, "length", completion_tokens=0, **common)
     tool = _chosen_tool(body)
     if tool is not None:
         # Arguments are never cut by max_tokens: a tool call must stay valid JSON.
@@ -159,8 +181,6 @@ def plan_answer(
         used = tokens.count_tokens(call.name) + tokens.count_tokens(call.arguments)
         return Answer(None, call, "tool_calls", completion_tokens=used, **common)
     reply = rule.reply if rule else default_reply
-    limit = requested_max_tokens(body)
-    limit = MAX_COMPLETION_TOKENS if limit is None else min(limit, MAX_COMPLETION_TOKENS)
     text, used, cut = tokens.truncate(reply, limit)
     return Answer(text, None, "length" if cut else "stop", completion_tokens=used, **common)
 
@@ -191,6 +211,8 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
 def completion_body(answer: Answer, envelope: Envelope) -> dict[str, Any]:
     """A non-streamed ``chat.completion`` object."""
     message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+    if answer.reasoning is not None:
+        message["reasoning_content"] = answer.reasoning
     logprobs = None
     if answer.tool_call is not None:
         message["tool_calls"] = [_tool_call_json(answer.tool_call)]
@@ -229,7 +251,14 @@ def _split_in(text: str, parts: int) -> list[str]:
 
 
 def _deltas(answer: Answer) -> list[tuple[dict[str, Any], list[str]]]:
-    """The deltas of one choice, before the finish: [(delta, token strings for logprobs)]."""
+    """The deltas of one choice, before the finish: [(delta, token strings for logprobs)].
+
+    A reasoning model streams its thinking (``reasoning_content`` deltas) before anything else.
+    """
+    thinking: list[tuple[dict[str, Any], list[str]]] = []
+    if answer.reasoning is not None:
+        thinking = [({"role": "assistant", "content": None}, [])]
+        thinking += [({"reasoning_content": piece}, []) for piece, _ in tokens.split_tokens(answer.reasoning)]
     call = answer.tool_call
     if call is not None:
         header = {
@@ -239,13 +268,14 @@ def _deltas(answer: Answer) -> list[tuple[dict[str, Any], list[str]]]:
             "function": {"name": call.name, "arguments": ""},
         }
         deltas: list[tuple[dict[str, Any], list[str]]] = [
-            ({"role": "assistant", "content": None, "tool_calls": [header]}, [])
+            *thinking,
+            ({"tool_calls": [header]} if thinking else {"role": "assistant", "content": None, "tool_calls": [header]}, []),
         ]
         # Split the arguments over several chunks, as real servers do: clients must concatenate.
         for piece in _split_in(call.arguments, 3):
             deltas.append(({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, []))
         return deltas
-    deltas = [({"role": "assistant", "content": ""}, [])]
+    deltas = [*thinking, ({"content": ""} if thinking else {"role": "assistant", "content": ""}, [])]
     deltas += [({"content": piece}, strings) for piece, strings in tokens.split_tokens(answer.content or "")]
     return deltas
 
@@ -272,3 +302,21 @@ def stream_chunks(answer: Answer, envelope: Envelope) -> tuple[list[dict[str, An
 def usage_chunk(answer: Answer, envelope: Envelope) -> dict[str, Any]:
     """The last chunk of an ``include_usage`` stream: no choices, only usage."""
     return _chunk(envelope, [], usage=answer.usage)
+
+
+# Fields Cerebras accepts on an assistant turn of the history; any other one is a 400.
+ASSISTANT_FIELDS = frozenset({"role", "content", "name", "tool_calls"})
+
+
+def refused_history_field(body: dict[str, Any]) -> tuple[int, str] | None:
+    """The first (message index, field) of an assistant turn that Cerebras refuses, if any.
+
+    Agents such as Cline send the history back as they got it, ``reasoning_content`` included;
+    Cerebras validates messages strictly and answers 400 for such a turn (public reports).
+    """
+    for index, message in enumerate(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            extra = sorted(set(message) - ASSISTANT_FIELDS)
+            if extra:
+                return index, extra[0]
+    return None

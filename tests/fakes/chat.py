@@ -137,13 +137,24 @@ class _Exchange:
                 "invalid_request_error",
                 "invalid_request",
             )
+        refused = answers.refused_history_field(self.body) if self.fake.kind == "cerebras" else None
+        if refused is not None:
+            index, field = refused
+            where = f"messages.{index}.assistant.{field}"
+            return await self._error(
+                400, "bad_request", f"{where}: property '{where}' is unsupported", "invalid_request_error", "wrong_api_format", param="validation_error"
+            )
         # The fault is taken on arrival: it always hits exactly the next request(s).
         fault = self.fake._next_fault()
         if fault is not None and fault.mode in ERROR_FAULTS:
             return await self._fault_error(fault)
 
         answer = answers.plan_answer(
-            self.body, default_reply=self.options.reply, rules=self.options.replies, call_id=self.call_id
+            self.body,
+            default_reply=self.options.reply,
+            rules=self.options.replies,
+            call_id=self.call_id,
+            reasoning=self.options.reasoning,
         )
         reserved = answers.reservation(self.body, answer.prompt_tokens)
         limiter = self.fake.limiter
@@ -344,10 +355,11 @@ class _Exchange:
             content=answer.content,
             tool_call=answer.tool_call.name if answer.tool_call else None,
             reserved=reserved,
+            reasoning_tokens=answer.reasoning_tokens * answer.n,
         )
 
 
 def _chunk_tokens(chunk: dict[str, Any]) -> int:
     """About how many tokens a chunk carries, for pacing: one per content piece."""
     delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
-    return 1 if delta.get("content") or delta.get("tool_calls") else 0
+    return 1 if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content") else 0

@@ -66,6 +66,7 @@ class ServedAnswer:
     content: str | None  # None for a tool call
     tool_call: str | None  # the called tool's name
     reserved: int  # tokens the quota reserved for it (prompt + max completion)
+    reasoning_tokens: int = 0  # of completion_tokens, how many went on reasoning
 
 
 class Gate:

@@ -58,6 +58,7 @@ class Options:
     refund_unused: bool = False  # give the unused part of a quota reservation back
     api_key: str | None = None  # if set, answer 401 unless "Authorization: Bearer <api_key>"
     pause_after: int | None = None  # streams stop after this many chunks while ``pause`` holds them
+    reasoning: str | None = None  # a reasoning model: this thinking comes before every answer
 
 
 class _Server(uvicorn.Server):
@@ -119,6 +120,7 @@ class FakeUpstream:
         day_seconds: float = 86400.0,
         refund_unused: bool = False,
         api_key: str | None = None,
+        reasoning: str | None = None,
         clock: Clock = time.monotonic,
         port: int = 0,
     ) -> None:
@@ -138,6 +140,7 @@ class FakeUpstream:
             tokens_per_second=tokens_per_second,
             refund_unused=refund_unused,
             api_key=api_key,
+            reasoning=reasoning,
         )
         self._port = port
         # One re-entrant condition guards all records, so ``wait_until`` predicates can read
@@ -593,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--refund-unused", action="store_true")
     parser.add_argument("--no-stream-usage", dest="stream_usage", action="store_false")
     parser.add_argument("--api-key")
+    parser.add_argument("--reasoning", help="be a reasoning model that thinks this text before answering")
     args = parser.parse_args(argv)
 
     fake = FakeUpstream(
@@ -610,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         day_seconds=args.day_seconds,
         refund_unused=args.refund_unused,
         api_key=args.api_key,
+        reasoning=args.reasoning,
         port=args.port,
     ).start()
     stopping = threading.Event()

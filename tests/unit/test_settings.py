@@ -89,3 +89,23 @@ def test_unreadable_and_invalid_yaml_are_config_errors(tmp_path) -> None:
 
 def test_an_http_webhook_with_a_host_is_accepted() -> None:
     assert parse_settings({"alert_webhook": "https://alerts.example:8443/hook"}).alert_webhook == "https://alerts.example:8443/hook"
+
+
+def test_reasoning_effort_default_per_group_is_validated_and_named() -> None:
+    settings = parse_settings({"reasoning": {"cerebras": {"effort": "low"}}})
+    assert settings.reasoning_of("cerebras").effort == "low"
+    assert settings.reasoning_of("glm-saver").effort == "low"  # the entry model is Cerebras when bypassed
+    with pytest.raises(ConfigError) as raised:
+        parse_settings({"reasoning": {"cerebras": {"effort": "extreme"}}})
+    assert "glm_saver.reasoning.cerebras.effort" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        parse_settings({"reasoning": {"cerebras": {"retry_room": 0}}})
+    assert "glm_saver.reasoning.cerebras.retry_room" in str(raised.value)
+
+
+def test_reasoning_for_a_group_not_in_the_model_list_stops_the_start() -> None:
+    config = load_config_file(SHIPPED_CONFIG)
+    config["glm_saver"] = {**config["glm_saver"], "reasoning": {"cerebrass": {"effort": "high"}}}
+    with pytest.raises(ConfigError) as raised:
+        settings_from_config(config)
+    assert "glm_saver.reasoning: cerebrass not found in model_list" in str(raised.value)
