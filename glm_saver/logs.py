@@ -34,6 +34,9 @@ _OURS = "_glm_saver_handler"
 SECRET_NAME_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
 # Shorter env values ("1", "true", a port) are settings, not secrets; redacting them would mangle text.
 MIN_SECRET_LENGTH = 8
+# Records waiting for the writer thread. A disk that stalls this long drops records (counted in
+# `BackgroundHandler.dropped`) rather than growing the proxy's memory without bound.
+MAX_QUEUED_RECORDS = 10_000
 
 _PATTERNS = (
     # Authorization: Bearer <token>
@@ -107,12 +110,21 @@ class BackgroundHandler(QueueHandler):
     """Queues records for a listener thread that writes them; `flush` waits until they are written."""
 
     def __init__(self, targets: list[logging.Handler]) -> None:
-        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue()
+        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(MAX_QUEUED_RECORDS)
         super().__init__(self._queue)
         self.targets = targets
+        self.dropped = 0
         self.listener = QueueListener(self._queue, *targets, respect_handler_level=True)
+        # Stopping waits for room in a full queue rather than failing at exit.
+        self.listener.enqueue_sentinel = lambda: self._queue.put(None)  # type: ignore[method-assign]
         self.listener.start()
         atexit.register(self.close)
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         prepared = super().prepare(record)  # message, arguments and traceback become one text
