@@ -79,7 +79,7 @@ def main() -> None:
     with proxy.log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=work, env=proxy.environment(), stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_http(process, f"{proxy.url}/health/liveliness", proxy.log_path, 300, "proxy")  # type: ignore[arg-type]
+        wait_for_http(process, f"{proxy.url}/health/liveliness", proxy.log_path, 900, "proxy")  # type: ignore[arg-type]
         asyncio.run(one_pass(proxy.url, "glm-saver", 100, 4))  # warm up
         deadline = time.monotonic() + args.seconds
         sent = 0
