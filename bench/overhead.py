@@ -1,11 +1,20 @@
 """What the plugin costs: the same proxy with and without it, in front of the same fake upstream.
 
-Both proxies run at once and are measured interleaved (round after round, alternating which goes
-first), so machine noise hits both alike; the figures that matter are the ratios.
+All proxies run at once and are measured interleaved (round after round, rotating which goes
+first), so machine noise hits them alike; the figures that matter are the ratios of one run:
 
-    python bench/overhead.py [--rounds 6] [--requests 150] [--concurrency 16]
+- throughput at concurrency 16 and p50/p99 latency at concurrency 1, plugin against plain, with
+  `state: sqlite` (the default) and `state: redis`;
+- Redis round trips per request (the server's `total_reads_processed`: one per request a client
+  sends, a pipeline or a script call being one) and the commands behind them (`INFO commandstats`,
+  commands run inside scripts included), for the bench's ask (routed local) and for asks routed to
+  Cerebras;
+- two plugin proxies on one Redis, loaded at once: their combined throughput against one alone.
 
-Also times the classifier alone on a 60 KB Cline-shaped request (target p50 < 1 ms).
+    python bench/overhead.py [--rounds 5] [--requests 150] [--concurrency 16]
+
+Also times the classifier alone on a 60 KB Cline-shaped request (target p50 < 1 ms). Everything
+runs on 127.0.0.1 and is bounded by the counts above.
 """
 
 from __future__ import annotations
@@ -16,10 +25,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
+import redis
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -27,9 +40,17 @@ sys.path.insert(0, str(REPO))
 from glm_saver.classifier import ComplexityClassifier  # noqa: E402
 from glm_saver.request import RequestView, content_text  # noqa: E402
 from tests import cline_shapes as cline  # noqa: E402
+from tests.e2e import proxy as e2e_proxy  # noqa: E402
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
 
+# Six engineers share two cores: a proxy may take minutes to start, not the tests' two.
+e2e_proxy.STARTUP_TIMEOUT = 600.0
+from tests.e2e.redis_server import running_redis  # noqa: E402
+
 ASK = [{"role": "user", "content": "hello, what is a tuple?"}]
+# Requests that did not get a 200, by status or error (printed: a run with many is not worth much).
+FAILURES: Counter[str] = Counter()
+COMPLEX_ASK = [{"role": "user", "content": "Refactor the scheduler architecture to remove the race condition in the distributed lock"}]
 
 
 def start_fake(kind: str) -> tuple[subprocess.Popen[str], str]:
@@ -39,7 +60,7 @@ def start_fake(kind: str) -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip()
 
 
-async def one_pass(url: str, model: str, requests: int, concurrency: int) -> tuple[float, list[float]]:
+async def one_pass(url: str, model: str, requests: int, concurrency: int, messages: list[dict[str, str]] = ASK) -> tuple[float, list[float]]:
     """Send `requests` chats with `concurrency` in flight; return requests/s and latencies."""
     latencies: list[float] = []
     queue = iter(range(requests))
@@ -48,8 +69,14 @@ async def one_pass(url: str, model: str, requests: int, concurrency: int) -> tup
         async def worker() -> None:
             for _ in queue:
                 began = time.perf_counter()
-                response = await http.post("/v1/chat/completions", json={"model": model, "messages": ASK})
-                response.raise_for_status()
+                try:
+                    response = await http.post("/v1/chat/completions", json={"model": model, "messages": messages})
+                except httpx.HTTPError as err:
+                    FAILURES[type(err).__name__] += 1
+                    continue
+                if response.status_code != 200:  # a starved machine's fake or Redis may fail: count it, go on
+                    FAILURES[str(response.status_code)] += 1
+                    continue
                 latencies.append(time.perf_counter() - began)
 
         began = time.perf_counter()
@@ -75,46 +102,154 @@ def classifier_timings(rounds: int = 2000) -> tuple[float, float, int]:
     return statistics.median(times) * 1000, statistics.median(view_times) * 1000, size
 
 
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
+
+
+class RedisCounter:
+    """Round trips (reads the server processed) and commands run, between two readings."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis.Redis.from_url(url)
+        self.round_trips = 0
+        self.commands: Counter[str] = Counter()
+
+    def _reading(self) -> tuple[int, Counter[str]]:
+        reads = int(self._client.info("stats")["total_reads_processed"])
+        calls = Counter({name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in self._client.info("commandstats").items()})
+        return reads, calls
+
+    def measure(self, work: Any) -> Any:
+        reads, calls = self._reading()
+        result = work()
+        after_reads, after_calls = self._reading()
+        self.round_trips += after_reads - reads - 2  # the two INFO requests of the second reading
+        after_calls.subtract(calls)
+        after_calls["info"] -= 2
+        self.commands.update({name: count for name, count in after_calls.items() if count > 0})
+        return result
+
+
+def run_at_once(passes: list[tuple[str, str]], requests: int, concurrency: int) -> float:
+    """Load several proxies at the same time (one thread each); their combined requests/s."""
+    rates: list[float] = []
+
+    def load(url: str, model: str) -> None:
+        rates.append(asyncio.run(one_pass(url, model, requests, concurrency))[0])
+
+    threads = [threading.Thread(target=load, args=target) for target in passes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(rates)
+
+
+def start_all(proxies: list[tuple[Proxy, dict[str, Any]]]) -> None:
+    """Proxies start in 7-60 s on a busy machine: start them side by side."""
+    errors: list[BaseException] = []
+
+    def start(proxy: Proxy, config: dict[str, Any]) -> None:
+        try:
+            proxy.start(config)
+        except BaseException as err:  # noqa: BLE001 - reported below, on the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=start, args=pair) for pair in proxies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def report(results: dict[str, dict[str, list[float]]], concurrency: int) -> None:
+    plain_rps = statistics.median(results["plain"]["rps"])
+    plain = results["plain"]["lat1"]
+    for name, label in (("sqlite", "state: sqlite (default)"), ("redis", "state: redis")):
+        rps, lat = statistics.median(results[name]["rps"]), results[name]["lat1"]
+        p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+        plain_p50, plain_p99 = percentile(plain, 0.5), percentile(plain, 0.99)
+        print(f"{label}:")
+        print(f"  throughput at concurrency {concurrency}: plugin {rps:.1f} req/s, plain {plain_rps:.1f} req/s, ratio {rps / plain_rps:.3f}")
+        print(f"  latency at concurrency 1 ({len(lat)} requests each): p50 plugin {p50:.2f} ms, plain {plain_p50:.2f} ms, ratio {p50 / plain_p50:.3f}, added {p50 - plain_p50:+.2f} ms")
+        print(f"                                         p99 plugin {p99:.2f} ms, plain {plain_p99:.2f} ms, ratio {p99 / plain_p99:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=150)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency-requests", type=int, default=40)
     args = parser.parse_args()
 
     fake, fake_url = start_fake("local")
     work = Path(tempfile.mkdtemp(prefix="glm-saver-bench-"))
-    with_plugin = Proxy(directory=work / "with", cerebras_url=fake_url)
-    without = Proxy(directory=work / "without", cerebras_url=fake_url)
-    (work / "with").mkdir()
-    (work / "without").mkdir()
+    names = ("plain", "sqlite", "redis", "redis-b")
+    for name in names:
+        (work / name).mkdir()
+    proxies = {name: Proxy(directory=work / name, cerebras_url=fake_url) for name in names}
     plain = proxy_config(fake_url)
     plain["litellm_settings"]["callbacks"] = ["prometheus"]  # everything but the plugin
     plain.pop("glm_saver")
-    try:
-        with_plugin.start(proxy_config(fake_url, glm_saver={"strategy": "smart_routing"}))
-        without.start(plain)
-        # The plugin routes this simple ask to `local`; without it the client names `local` itself.
-        targets = {"plugin": (with_plugin.url, "glm-saver"), "plain": (without.url, "local")}
-        results: dict[str, dict[str, list[float]]] = {name: {"rps": [], "lat1": []} for name in targets}
-        for round_ in range(args.rounds):
-            order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
-            for name in order:
-                url, model = targets[name]
-                rps, _ = asyncio.run(one_pass(url, model, args.requests, args.concurrency))
-                _, single = asyncio.run(one_pass(url, model, 40, 1))
-                if round_ > 0:  # the first round warms both proxies up
-                    results[name]["rps"].append(rps)
-                    results[name]["lat1"].extend(single)
-    finally:
-        with_plugin.stop()
-        without.stop()
-        fake.terminate()
+    results: dict[str, dict[str, list[float]]] = {name: {"rps": [], "lat1": []} for name in ("plain", "sqlite", "redis")}
+    one_alone: list[float] = []
+    two_at_once: list[float] = []
+    (work / "redis-data").mkdir()
+    with running_redis(work / "redis-data") as redis_url:
+        counter, cloud_counter = RedisCounter(redis_url), RedisCounter(redis_url)
+        on_redis = proxy_config(fake_url, glm_saver={"strategy": "smart_routing", "state": "redis", "redis_url": redis_url})
+        try:
+            start_all(
+                [
+                    (proxies["plain"], plain),
+                    (proxies["sqlite"], proxy_config(fake_url, glm_saver={"strategy": "smart_routing"})),
+                    (proxies["redis"], on_redis),
+                    (proxies["redis-b"], on_redis),
+                ]
+            )
+            # The plugin routes this simple ask to `local`; without it the client names `local` itself.
+            targets = {"plain": (proxies["plain"].url, "local"), "sqlite": (proxies["sqlite"].url, "glm-saver"), "redis": (proxies["redis"].url, "glm-saver")}
+            measured = 0
+            for round_ in range(args.rounds):
+                order = list(targets)[round_ % 3 :] + list(targets)[: round_ % 3]
+                for name in order:
+                    url, model = targets[name]
 
-    plugin_rps, plain_rps = (statistics.median(results[n]["rps"]) for n in ("plugin", "plain"))
-    plugin_p50, plain_p50 = (statistics.median(results[n]["lat1"]) * 1000 for n in ("plugin", "plain"))
-    print(f"throughput at concurrency {args.concurrency}: plugin {plugin_rps:.1f} req/s, plain {plain_rps:.1f} req/s, ratio {plugin_rps / plain_rps:.3f} (target >= 0.95)")
-    print(f"p50 latency at concurrency 1: plugin {plugin_p50:.2f} ms, plain {plain_p50:.2f} ms, ratio {plugin_p50 / plain_p50:.3f}")
+                    def passes(url: str = url, model: str = model) -> tuple[float, list[float]]:
+                        rps, _ = asyncio.run(one_pass(url, model, args.requests, args.concurrency))
+                        _, single = asyncio.run(one_pass(url, model, args.latency_requests, 1))
+                        return rps, single
+
+                    rps, single = counter.measure(passes) if name == "redis" and round_ > 0 else passes()
+                    if round_ > 0:  # the first round warms every proxy up
+                        results[name]["rps"].append(rps)
+                        results[name]["lat1"].extend(single)
+                        measured += (args.requests + args.latency_requests) * (name == "redis")
+                pair = [targets["redis"], (proxies["redis-b"].url, "glm-saver")]
+                alone = run_at_once(pair[:1], args.requests, args.concurrency)
+                both = run_at_once(pair, args.requests, args.concurrency)
+                if round_ > 0:
+                    one_alone.append(alone)
+                    two_at_once.append(both)
+            cloud = 40
+            cloud_counter.measure(lambda: asyncio.run(one_pass(targets["redis"][0], "glm-saver", cloud, 1, COMPLEX_ASK)))
+        finally:
+            for proxy in proxies.values():
+                proxy.stop()
+            fake.terminate()
+
+    report(results, args.concurrency)
+    print(f"redis round trips per request (bench ask, routed local): {counter.round_trips / measured:.2f} (target <= 3); commands per request: "
+          + ", ".join(f"{name} {count / measured:.2f}" for name, count in counter.commands.most_common()))
+    print(f"redis round trips per request routed to cerebras (headroom, books; no budget configured): {cloud_counter.round_trips / cloud:.2f}; commands per request: "
+          + ", ".join(f"{name} {count / cloud:.2f}" for name, count in cloud_counter.commands.most_common()))
+    alone, both = statistics.median(one_alone), statistics.median(two_at_once)
+    print(f"two proxies on one redis, loaded at once at concurrency {args.concurrency} each: {both:.1f} req/s combined, one alone {alone:.1f} req/s, ratio {both / alone:.2f}")
+    print(f"failed requests (all proxies): {dict(FAILURES) or 'none'}")
     classify_ms, view_ms, size = classifier_timings()
     print(f"classifier on a {size / 1024:.0f} KB Cline-shaped request: p50 {classify_ms:.3f} ms (target < 1 ms)")
     print(f"request view (ask + whole-prompt token count, cached) on the same request: p50 {view_ms:.3f} ms")

@@ -1,13 +1,16 @@
 """A bounded soak: mixed load with injected Cerebras faults through one proxy, with and without the plugin.
 
-    python bench/soak.py [--requests 2000] [--concurrency 32] [--fault-every 25]
+    python bench/soak.py [--requests 20000] [--concurrency 32] [--fault-every 25] [--plain-requests N]
 
 Half the requests stream, half are simple asks (local) and half complex (Cerebras). Every
 `--fault-every`-th request first injects a Cerebras fault (500, 503, 429, not JSON, in turn). The
 same traffic then runs through a proxy without the plugin (clients name `local` / `cerebras`
 themselves; the same fallbacks). Prints the success rate, p50/p99 latency of both runs and what the
-plugin adds, the proxy's RSS at start and end, and whether the books hold every answered request
-exactly once (books == client successes == answers the fakes delivered).
+plugin adds, the proxy's resident memory at the start, after the first 2,000 requests, in the middle
+and at the end (the books' tables are bounded, so it must stay flat once warm: end within 5% of
+after 2,000), and whether the books hold every answered request exactly once (books == client
+successes == answers the fakes delivered). The plain run takes `--plain-requests` (default: as many)
+for the latency comparison. Bounded in count; only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.e2e import proxy as e2e_proxy  # noqa: E402
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+
+# Six engineers share two cores: a proxy may take minutes to start, not the tests' two.
+e2e_proxy.STARTUP_TIMEOUT = 600.0
 
 SIMPLE = "hello, what is a tuple?"
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"
@@ -81,9 +88,10 @@ async def one(http: httpx.AsyncClient, model: str, text: str, stream: bool, run:
         run.latencies.append(time.perf_counter() - began)
 
 
-async def load(url: str, plugin: bool, cerebras_url: str, requests: int, concurrency: int, fault_every: int) -> Run:
-    run = Run()
-    jobs = iter(range(requests))
+async def load(url: str, plugin: bool, cerebras_url: str, requests: int, concurrency: int, fault_every: int, first: int = 0, run: Run | None = None) -> Run:
+    """Requests number `first` .. `first + requests - 1` of the soak (the number picks the mix and the faults)."""
+    run = run if run is not None else Run()
+    jobs = iter(range(first, first + requests))
     async with httpx.AsyncClient(base_url=url, headers=ADMIN, timeout=120) as http, httpx.AsyncClient(timeout=10) as control:
         control_url = cerebras_url.removesuffix("/v1") + "/_control/faults"
 
@@ -116,6 +124,16 @@ def wait_for_books(proxy: Proxy, count: int, timeout: float = 30.0) -> int:
     return seen
 
 
+# Resident memory is compared from this many requests on: the first ones fill caches and pools.
+WARM = 2000
+
+
+def checkpoints(requests: int) -> list[int]:
+    """Where RSS is read: after WARM requests, in the middle, at every further tenth, and at the end."""
+    marks = {min(WARM, requests), requests // 2, requests, *range(requests // 10, requests, max(1, requests // 10))}
+    return sorted(mark for mark in marks if mark > 0)
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000 if ordered else float("nan")
@@ -123,7 +141,8 @@ def percentile(values: list[float], share: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--plain-requests", type=int, default=None, help="requests of the run without the plugin (default: --requests)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--fault-every", type=int, default=25, help="inject a Cerebras fault before every Nth request (0: none)")
     args = parser.parse_args()
@@ -148,12 +167,18 @@ def main() -> None:
         books_before = wait_for_books(with_plugin, 40)
         served_before = served(local_url) + served(cerebras_url)
         began = time.perf_counter()
-        plugin_run = asyncio.run(load(with_plugin.url, True, cerebras_url, args.requests, args.concurrency, args.fault_every))
+        plugin_run = Run()
+        rss: list[tuple[int, float]] = [(0, rss_start)]
+        for upto in checkpoints(args.requests):
+            done = rss[-1][0]
+            asyncio.run(load(with_plugin.url, True, cerebras_url, upto - done, args.concurrency, args.fault_every, first=done, run=plugin_run))
+            rss.append((upto, rss_mb(with_plugin.process.pid)))
+            print(f"  {upto} requests: proxy RSS {rss[-1][1]:.1f} MB", flush=True)
         elapsed = time.perf_counter() - began
         books = wait_for_books(with_plugin, books_before + plugin_run.successes) - books_before
         delivered = served(local_url) + served(cerebras_url) - served_before
-        rss_end = rss_mb(with_plugin.process.pid)
-        plain_run = asyncio.run(load(without.url, False, cerebras_url, args.requests, args.concurrency, args.fault_every))
+        plain_n = args.plain_requests if args.plain_requests is not None else args.requests
+        plain_run = asyncio.run(load(without.url, False, cerebras_url, plain_n, args.concurrency, args.fault_every))
     finally:
         with_plugin.stop()
         without.stop()
@@ -163,11 +188,14 @@ def main() -> None:
     n = args.requests
     print(f"{n} requests, {args.concurrency} concurrent, half streamed, a Cerebras fault every {args.fault_every} ({n // args.fault_every if args.fault_every else 0} faults)")
     print(f"with plugin: {plugin_run.successes}/{n} succeeded ({100 * plugin_run.successes / n:.2f}%), failures {plugin_run.failures or 'none'}, {n / elapsed:.1f} req/s")
-    print(f"without plugin: {plain_run.successes}/{n} succeeded ({100 * plain_run.successes / n:.2f}%), failures {plain_run.failures or 'none'}")
+    print(f"without plugin: {plain_run.successes}/{plain_n} succeeded ({100 * plain_run.successes / plain_n:.2f}%), failures {plain_run.failures or 'none'}")
     for name, share in (("p50", 0.5), ("p99", 0.99)):
         mine, theirs = percentile(plugin_run.latencies, share), percentile(plain_run.latencies, share)
         print(f"latency {name}: plugin {mine:.1f} ms, plain {theirs:.1f} ms, added {mine - theirs:+.1f} ms (ratio {mine / theirs:.2f})")
-    print(f"proxy RSS: {rss_start:.1f} MB at start, {rss_end:.1f} MB at end ({rss_end - rss_start:+.1f} MB)")
+    marks = dict(rss)
+    warm, middle, end = marks[min(WARM, n)], marks[n // 2], marks[n]
+    print(f"proxy RSS: start {rss_start:.1f} MB, after {min(WARM, n)} {warm:.1f} MB, middle ({n // 2}) {middle:.1f} MB, end ({n}) {end:.1f} MB;"
+          f" end vs after {min(WARM, n)}: {100 * (end / warm - 1):+.1f}% (target within 5%)")
     exact = books == plugin_run.successes == delivered
     print(f"books: {books} requests booked, {plugin_run.successes} client successes, {delivered} answers delivered by the fakes -> {'exactly once each' if exact else 'MISMATCH'}")
 

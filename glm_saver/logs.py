@@ -5,16 +5,23 @@ alerts, ERROR for failures. Every record that reaches these handlers (the `glm_s
 children) passes `RedactSecrets` first, so a key that slips into a message, its arguments or a
 traceback is written as `[REDACTED]`. Prompt and answer text is never logged by the plugin; the
 filter cannot recognise it, so that rule is kept by the callers (and checked by the e2e tests).
+
+Nothing is written on the caller's thread: the logger's one handler puts records on a queue, and a
+`QueueListener` thread redacts, formats and writes them (file and console), so a slow disk or a
+full pipe never stalls the proxy's event loop. `flush()` on that handler waits until every record
+queued so far is written, and the listener drains the queue at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import queue
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from logging.handlers import RotatingFileHandler
+from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 from pathlib import Path
 
 from glm_saver.settings import LoggingSettings
@@ -27,6 +34,9 @@ _OURS = "_glm_saver_handler"
 SECRET_NAME_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
 # Shorter env values ("1", "true", a port) are settings, not secrets; redacting them would mangle text.
 MIN_SECRET_LENGTH = 8
+# Records waiting for the writer thread. A disk that stalls this long drops records (counted in
+# `BackgroundHandler.dropped`) rather than growing the proxy's memory without bound.
+MAX_QUEUED_RECORDS = 10_000
 
 _PATTERNS = (
     # Authorization: Bearer <token>
@@ -96,6 +106,47 @@ def _handlers(settings: LoggingSettings, config_dir: str | Path) -> list[logging
     return handlers
 
 
+class BackgroundHandler(QueueHandler):
+    """Queues records for a listener thread that writes them; `flush` waits until they are written."""
+
+    def __init__(self, targets: list[logging.Handler]) -> None:
+        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(MAX_QUEUED_RECORDS)
+        super().__init__(self._queue)
+        self.targets = targets
+        self.dropped = 0
+        self.listener = QueueListener(self._queue, *targets, respect_handler_level=True)
+        # Stopping waits for room in a full queue rather than failing at exit.
+        self.listener.enqueue_sentinel = lambda: self._queue.put(None)  # type: ignore[method-assign]
+        self.listener.start()
+        atexit.register(self.close)
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        prepared = super().prepare(record)  # message, arguments and traceback become one text
+        prepared.stack_info = None  # already part of that text
+        return prepared
+
+    def flush(self) -> None:
+        if self.listener._thread is not None:  # noqa: SLF001 - stopped: nothing left to wait for
+            self._queue.join()
+        for target in self.targets:
+            target.flush()
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, close the files (idempotent)."""
+        atexit.unregister(self.close)
+        if self.listener._thread is not None:  # noqa: SLF001
+            self.listener.stop()
+        for target in self.targets:
+            target.close()
+        super().close()
+
+
 def configure_logging(settings: LoggingSettings, config_dir: str | Path, environ: Mapping[str, str] | None = None) -> Path | None:
     """Point the `glm_saver` logger at the console and the rotating file; returns the file's path.
 
@@ -106,11 +157,13 @@ def configure_logging(settings: LoggingSettings, config_dir: str | Path, environ
         handler.close()
     redactor = RedactSecrets(secret_env_values(environ))
     formatter = logging.Formatter(FORMAT)
-    for handler in _handlers(settings, config_dir):
-        setattr(handler, _OURS, True)
-        handler.addFilter(redactor)  # on the handler: it sees child loggers' records too
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
+    targets = _handlers(settings, config_dir)
+    for target in targets:
+        target.addFilter(redactor)  # in the listener thread: redaction costs the request nothing
+        target.setFormatter(formatter)
+    handler = BackgroundHandler(targets)
+    setattr(handler, _OURS, True)
+    logger.addHandler(handler)
     logger.setLevel(settings.level)
     # Ours are the only handlers: no second, unredacted copy through the root logger's handlers.
     logger.propagate = False

@@ -395,8 +395,10 @@ class GlmSaver(CustomLogger):
         self, model: str, healthy_deployments: list, messages: Any, request_kwargs: dict | None = None, parent_otel_span: Any = None
     ) -> list:
         """While Cerebras is known to refuse (429 window, day spent, no store to account in), offer
-        LiteLLM no Cerebras deployment, so direct requests and fallbacks go local instead."""
-        if model in self._cloud_groups and await self._cloud_unavailable() and self.cloud_configured:
+        LiteLLM no Cerebras deployment, so direct requests and fallbacks go local instead. A call that
+        already holds the gate's ticket for this group was admitted moments ago: no second read of
+        the store (a Redis round trip) for it."""
+        if model in self._cloud_groups and not _ticketed(request_kwargs, model) and await self._cloud_unavailable() and self.cloud_configured:
             logger.warning("glm_saver: cerebras may not be called now; %s has no deployment until it may", model)
             return []
         return healthy_deployments
@@ -432,6 +434,12 @@ class GlmSaver(CustomLogger):
             "history": history,
             "recent_decisions": self.history.recent(),
         }
+
+
+def _ticketed(request_kwargs: Mapping[str, Any] | None, group: str) -> bool:
+    metadata = (request_kwargs or {}).get("metadata")
+    held = metadata.get(TICKET_KEY) if isinstance(metadata, Mapping) else None
+    return isinstance(held, Mapping) and held.get("group") == group
 
 
 def plugin_from_proxy_config() -> GlmSaver:

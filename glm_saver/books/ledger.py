@@ -37,6 +37,12 @@ ROLES = ("draft", "verify", FINAL)
 # again this often while any wait, so they are booked even when no new request comes).
 MAX_UNBOOKED = 100_000
 UNBOOKED_RETRY_SECONDS = 1.0
+# Rows per table of the books. Models, routes, strategies and roles are few; keys are not (every new
+# caller name is a row): past this many rows a table books new names under OTHER, so the books,
+# /stats and the memory they take stay bounded however many callers come and go.
+MAX_ROWS = 1000
+OTHER = "other"
+TABLES = ("by_model", "by_key", "by_route", "by_strategy", "by_role")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class Charge:
     cloud_cost: float  # what always-Cerebras would have cost for this (0 for internal calls)
     counts_tokens: bool = True  # False for a cascade answer replayed from drafts already counted
     reasoning_tokens: int = 0  # of completion_tokens: shown in the books, never priced a second time
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The (table, row name) pairs this answer is booked under."""
+        return list(zip(TABLES, (self.group, self.key, self.route, self.strategy, self.role)))
 
 
 class Tally(BaseModel):
@@ -93,28 +103,28 @@ class Books(BaseModel):
 
     def add(self, charge: Charge) -> Books:
         self.totals.add(charge)
-        for table, name in (
-            (self.by_model, charge.group),
-            (self.by_key, charge.key),
-            (self.by_route, charge.route),
-            (self.by_strategy, charge.strategy),
-            (self.by_role, charge.role),
-        ):
-            table.setdefault(name, Tally()).add(charge)
+        for name, row in charge.rows():
+            table: dict[str, Tally] = getattr(self, name)
+            if row not in table and len(table) >= MAX_ROWS:
+                row = OTHER  # bounded: see MAX_ROWS
+            table.setdefault(row, Tally()).add(charge)
         return self
 
     def view(self) -> dict[str, Any]:
-        tables = ("by_model", "by_key", "by_route", "by_strategy", "by_role")
-        return {"totals": self.totals.view(), **{name: {k: t.view() for k, t in getattr(self, name).items()} for name in tables}}
+        return {"totals": self.totals.view(), **{name: {k: t.view() for k, t in getattr(self, name).items()} for name in TABLES}}
 
 
 class Ledger:
     """Books every answer at the configured prices and charges the budgets it falls under."""
 
     def __init__(self, settings: GlmSaverSettings, config: Mapping[str, Any], state_dir: Path) -> None:
+        from glm_saver.books.tallies import build_tallies  # it builds on this module's Books
+
         path = state_dir / settings.sqlite_path
-        self._books = build_store(Books, settings, config, namespace="books", sqlite_path=path)
-        self.budgets = BudgetBook(build_store(BudgetUse, settings, config, namespace="budgets", sqlite_path=path), settings)
+        budget_store = build_store(BudgetUse, settings, config, namespace="budgets", sqlite_path=path)
+        self.budgets = BudgetBook(budget_store, settings)
+        shared = getattr(budget_store, "client", None) if settings.state == "redis" else None
+        self._books = build_tallies(lambda: build_store(Books, settings, config, namespace="books", sqlite_path=path), shared)
         groups = {settings.local_group, settings.cloud_group, *settings.entry_models}
         self._prices = {group: group_prices(config, group) for group in groups}
         self.cloud_prices = group_prices(config, settings.cloud_group)
@@ -183,8 +193,8 @@ class Ledger:
         settles = ticket is not None and ticket.key == charge.key
         if ticket is not None and not settles:
             await self.budgets.release(ticket.key, ticket.id)
-        books = await self._books.update("books", lambda books: (books.add(charge), books))
-        metrics.SAVINGS.set(books.totals.cloud_cost_usd - books.totals.cost_usd)
+        totals = await self._books.add(charge)
+        metrics.SAVINGS.set(totals.cloud_cost_usd - totals.cost_usd)
         if charge.counts_tokens:
             metrics.TOKENS.labels(model=charge.group, kind="prompt").inc(charge.prompt_tokens)
             metrics.TOKENS.labels(model=charge.group, kind="completion").inc(charge.completion_tokens)
@@ -192,4 +202,4 @@ class Ledger:
         await self.budgets.charge(charge.key, charge.cost, ticket.id if ticket is not None and settles else None)
 
     async def describe(self) -> dict[str, Any]:
-        return {**(await self._books.read("books")).view(), "budgets": await self.budgets.describe(), "unbooked": self.unbooked}
+        return {**(await self._books.read()).view(), "budgets": await self.budgets.describe(), "unbooked": self.unbooked}

@@ -1,8 +1,11 @@
 """Where shared state lives: in memory for one proxy, in Redis for several behind a load balancer.
 
 Both stores offer the same two operations on a pydantic model kept under a key: read it, or apply
-a pure function to it atomically. Redis uses optimistic transactions (WATCH/MULTI), so the rules
-themselves are written once, in Python, and several proxies can never interleave an update.
+a pure function to it atomically. Redis uses optimistic transactions, so the rules themselves are
+written once, in Python, and several proxies can never interleave an update: the change is
+computed on the value this proxy last saw and written by a compare-and-set script (one round trip,
+EVALSHA) that only stores it if Redis still holds that value; if another proxy got there first, the
+script answers with the value it holds and the change is recomputed on that (bounded retries).
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ import asyncio
 import atexit
 import contextlib
 import os
-import random
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -35,7 +38,17 @@ FLUSH_SECONDS = 1.0
 REDIS_TIMEOUT_SECONDS = 2.0
 # Optimistic transactions retried this often before the update is given up as unavailable.
 MAX_WATCH_RETRIES = 50
-WATCH_BACKOFF_SECONDS = 0.002
+
+# KEYS[1]: the key; ARGV: the value expected ("" for none), the new value, the TTL. Stores the new
+# value only if the key still holds the expected one; else answers with what it holds.
+_COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return {1, ''}
+end
+return {0, current}
+"""
 
 
 class StoreUnavailable(RuntimeError):
@@ -94,6 +107,14 @@ class RedisStore(Generic[M]):
             url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
         )
         self._namespace = namespace
+        self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
+        # The raw value last read or written per key: the first guess of the next update. One entry
+        # per key (a budget, the quota), so it stays as small as the set of keys.
+        self._seen: dict[str, str] = {}
+
+    @property
+    def client(self) -> Any:
+        return self._client
 
     def _key(self, key: str) -> str:
         return f"{REDIS_KEY_PREFIX}{self._namespace}:{key}"
@@ -103,25 +124,23 @@ class RedisStore(Generic[M]):
 
     async def read(self, key: str) -> M:
         async with _reaching_redis():
-            return self._parse(await self._client.get(self._key(key)))
+            raw = await self._client.get(self._key(key))
+        self._seen[key] = raw or ""
+        return self._parse(raw)
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
-        from redis.exceptions import WatchError
-
         full_key = self._key(key)
-        async with _reaching_redis(), self._client.pipeline(transaction=True) as pipe:
-            for attempt in range(MAX_WATCH_RETRIES):
-                try:
-                    await pipe.watch(full_key)
-                    value, result = change(self._parse(await pipe.get(full_key)))
-                    pipe.multi()
-                    pipe.set(full_key, value.model_dump_json(), ex=REDIS_TTL_SECONDS)
-                    await pipe.execute()
+        expected = self._seen.get(key, "")
+        async with _reaching_redis():
+            for _ in range(MAX_WATCH_RETRIES):
+                value, result = change(self._parse(expected))
+                written = value.model_dump_json()
+                stored, held = await self._compare_and_set(keys=[full_key], args=[expected, written, REDIS_TTL_SECONDS])
+                if int(stored):
+                    self._seen[key] = written
                     return result
-                except WatchError:
-                    # Another proxy changed it first: recompute on its value, after a short random
-                    # pause so that proxies in step do not collide again and again.
-                    await asyncio.sleep(random.uniform(0, WATCH_BACKOFF_SECONDS * (attempt + 1)))
+                expected = held  # another proxy changed it first: recompute on its value
+        self._seen.pop(key, None)
         raise StoreUnavailable(f"redis: {full_key} changed under {MAX_WATCH_RETRIES} attempts in a row")
 
 
@@ -143,8 +162,9 @@ class SqliteStore(MemoryStore[M]):
     """Kept in memory and written behind to an embedded SQLite file, so spend survives a restart.
 
     A write per request cost the proxy ~15% of its throughput; instead changes are flushed at most
-    FLUSH_SECONDS later and when the process exits. One proxy owns its file; several proxies share
-    state through Redis.
+    FLUSH_SECONDS later and when the process exits. The event loop only serialises the changed
+    values (under the lock, so a value is never written half-changed); the SQLite transaction runs
+    on one writer thread, in order. One proxy owns its file; several proxies share state through Redis.
     """
 
     def __init__(self, model: type[M], path: Path, namespace: str) -> None:
@@ -159,6 +179,9 @@ class SqliteStore(MemoryStore[M]):
         self._values = {key.removeprefix(prefix): model.model_validate_json(value) for key, value in rows}
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"glm-saver-sqlite-{namespace}")
+        self._written: Future[None] | None = None  # the last write handed to the writer thread
+        self._db_lock = threading.Lock()
         atexit.register(self.flush)
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
@@ -167,17 +190,33 @@ class SqliteStore(MemoryStore[M]):
             self._dirty.add(key)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_behind)
         return result
 
-    def flush(self) -> None:
+    def _take_dirty(self) -> list[tuple[str, str]]:
         with self._lock:
             rows = [(f"{self._namespace}:{key}", self._values[key].model_dump_json()) for key in self._dirty]
             self._dirty.clear()
             self._flush_scheduled = False
-            if rows:
-                with self._db:  # one transaction
-                    self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", rows)
+            return rows
+
+    def _write(self, rows: list[tuple[str, str]]) -> None:
+        with self._db_lock, self._db:  # one transaction
+            self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", rows)
+
+    def _flush_behind(self) -> None:
+        """On the loop's timer: hand the changed values to the writer thread, never wait for disk."""
+        rows = self._take_dirty()
+        if rows:
+            self._written = self._writer.submit(self._write, rows)
+
+    def flush(self) -> None:
+        """Write every change now and wait for it (at exit, and for tests)."""
+        rows = self._take_dirty()
+        if self._written is not None:
+            self._written.result()  # older rows first: they must not land after these
+        if rows:
+            self._write(rows)
 
 
 def _resolve_env(value: str) -> str | None:

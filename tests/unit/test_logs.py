@@ -73,6 +73,7 @@ def test_configuring_twice_does_not_stack_handlers(tmp_path: Path) -> None:
 def test_without_a_file_only_the_console_is_written(tmp_path: Path, capsys) -> None:
     assert _configure(tmp_path, file=None) is None
     logging.getLogger(LOGGER_NAME).info("console only")
+    _flush()
     assert "console only" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

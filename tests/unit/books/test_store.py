@@ -33,3 +33,16 @@ def test_namespaces_in_one_file_are_apart(tmp_path: Path) -> None:
     asyncio.run(books.update("books", lambda b: (b.add(CHARGE), None)))
     books.flush()
     assert asyncio.run(SqliteStore(Books, path, "other").read("books")).totals.requests == 0
+
+
+def test_the_write_behind_runs_on_the_writer_thread_and_flush_waits_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "books.sqlite"
+    store = SqliteStore(Books, path, "books")
+
+    async def spend_then_flush_behind() -> None:
+        await store.update("books", lambda books: (books.add(CHARGE), None))
+        store._flush_behind()  # what the loop's timer runs: hands the rows over, does not wait
+
+    asyncio.run(spend_then_flush_behind())
+    store.flush()  # waits for the writer thread's transaction
+    assert asyncio.run(SqliteStore(Books, path, "books").read("books")).totals.requests == 1

@@ -1,0 +1,140 @@
+"""The Redis state: the books as counters in one hash (one script call per answer), the
+compare-and-set store shared by several proxies, and tables that stay bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from glm_saver.books.ledger import MAX_ROWS, OTHER, Books, Charge
+from glm_saver.books.store import MAX_WATCH_RETRIES, RedisStore, StoreUnavailable
+from glm_saver.books.tallies import RedisTallies
+from tests.e2e.redis_server import running_redis
+
+CHARGE = Charge("cerebras", "cerebras", "smart_routing", "alice", "final", 100, 20, 0.000280, 0.000280)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_redis(Path(tmp_path_factory.mktemp("redis"))) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _empty(redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushall()
+
+
+def _reads(client: redis.Redis) -> int:
+    """Requests the server has read from its clients so far (each round trip is one), INFO's included."""
+    return int(client.info("stats")["total_reads_processed"])
+
+
+def _charge(key: str, cost: float = 0.001) -> Charge:
+    return Charge("cerebras", "cerebras", "smart_routing", key, "final", 10, 5, cost, cost)
+
+
+def test_the_hash_books_what_the_document_books(redis_url: str) -> None:
+    async def book() -> tuple[Books, Books]:
+        tallies = RedisTallies(redis.asyncio.Redis.from_url(redis_url, decode_responses=True))
+        document = Books()
+        for charge in (CHARGE, _charge("bob"), Charge("local", "local", "smart_routing", "bob", "draft", 7, 3, 0.0, 0.0, counts_tokens=False)):
+            await tallies.add(charge)
+            document.add(charge)
+        return await tallies.read(), document
+
+    from_redis, expected = asyncio.run(book())
+
+    assert from_redis.view()["totals"] == pytest.approx(expected.view()["totals"])
+    for table in ("by_model", "by_key", "by_route", "by_strategy", "by_role"):
+        assert from_redis.view()[table].keys() == expected.view()[table].keys()
+        for name, row in expected.view()[table].items():
+            assert from_redis.view()[table][name] == pytest.approx(row)
+
+
+def test_an_answer_costs_one_command_on_the_server_side_of_one_round_trip(redis_url: str) -> None:
+    async def book() -> None:
+        tallies = RedisTallies(redis.asyncio.Redis.from_url(redis_url, decode_responses=True))
+        await tallies.add(CHARGE)  # loads the script once (EVALSHA answers NOSCRIPT, then EVAL)
+        before = redis.Redis.from_url(redis_url).info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        for _ in range(5):
+            await tallies.add(CHARGE)
+        after = redis.Redis.from_url(redis_url).info("commandstats")["cmdstat_evalsha"]["calls"]
+        assert after - before == 5
+
+    asyncio.run(book())
+
+
+def test_tables_are_capped_and_fold_new_names_into_other(redis_url: str) -> None:
+    keys = [f"caller-{n}" for n in range(MAX_ROWS + 5)]
+
+    async def book() -> Books:
+        tallies = RedisTallies(redis.asyncio.Redis.from_url(redis_url, decode_responses=True))
+        for key in keys:
+            await tallies.add(_charge(key))
+        await tallies.add(_charge(keys[0]))  # a name with its own row keeps it
+        return await tallies.read()
+
+    from_redis = asyncio.run(book())
+    document = Books()
+    for key in [*keys, keys[0]]:
+        document.add(_charge(key))
+    for books in (from_redis, document):
+        assert len(books.by_key) == MAX_ROWS + 1
+        assert books.by_key[OTHER].requests == 5
+        assert books.by_key[keys[0]].requests == 2
+        assert books.totals.requests == MAX_ROWS + 6
+
+
+def test_two_proxies_updating_one_key_lose_no_update(redis_url: str) -> None:
+    """Both start from stale guesses of each other's writes; compare-and-set recomputes, never overwrites."""
+
+    async def run() -> Books:
+        first, second = (RedisStore(Books, redis_url, "books") for _ in range(2))
+
+        async def spend(store: RedisStore[Books]) -> None:
+            for _ in range(40):
+                await store.update("doc", lambda books: (books.add(CHARGE), None))
+
+        await asyncio.gather(spend(first), spend(second))
+        return await first.read("doc")
+
+    assert asyncio.run(run()).totals.requests == 80
+
+
+def test_an_update_with_a_fresh_guess_is_one_round_trip(redis_url: str) -> None:
+    async def run() -> int:
+        store = RedisStore(Books, redis_url, "books")
+        await store.update("doc", lambda books: (books.add(CHARGE), None))  # loads the script
+        counter = redis.Redis.from_url(redis_url)
+        before = _reads(counter)
+        for _ in range(5):
+            await store.update("doc", lambda books: (books.add(CHARGE), None))
+        return _reads(counter) - before - 1  # the second INFO is read too
+
+    assert asyncio.run(run()) == 5
+
+
+def test_retries_are_bounded_and_end_as_store_unavailable(redis_url: str) -> None:
+    """A key another writer changes before every attempt: the update gives up, it never spins."""
+
+    async def run() -> int:
+        store = RedisStore(Books, redis_url, "books")
+        rival = redis.Redis.from_url(redis_url)
+        attempts = 0
+
+        def change(books: Books) -> tuple[Books, None]:
+            nonlocal attempts
+            attempts += 1
+            rival.set("glm_saver:books:doc", Books().add(_charge(f"rival-{attempts}")).model_dump_json())
+            return books.add(CHARGE), None
+
+        with pytest.raises(StoreUnavailable):
+            await store.update("doc", change)
+        return attempts
+
+    assert asyncio.run(run()) == MAX_WATCH_RETRIES
