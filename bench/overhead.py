@@ -24,10 +24,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glm_saver.classifier import ComplexityClassifier  # noqa: E402
-from glm_saver.request import RequestView, content_text  # noqa: E402
-from tests import cline_shapes as cline  # noqa: E402
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+from glm_saver.classifier import ComplexityClassifier
+from glm_saver.request import RequestView, content_text
+from tests import cline_shapes as cline
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 
 ASK = [{"role": "user", "content": "hello, what is a tuple?"}]
 

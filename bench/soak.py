@@ -27,7 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 
 SIMPLE = "hello, what is a tuple?"
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"

@@ -29,7 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 
 STRATEGIES = ("always_cerebras", "speculative_decoding", "parallel_speculative", "smart_speculative")
 PRICE_IN, PRICE_OUT = 2.25e-6, 2.75e-6  # zai-glm-4.6, $ per token (the shipped config's prices)

@@ -10,7 +10,6 @@ pre-call hook fails open to plain LiteLLM routing, which the deployment gate sti
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -22,24 +21,24 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
+from glm_saver import proxy
 from glm_saver.books import metrics
-from glm_saver.callers import caller_label
-from glm_saver.classifier import Classifier, build_classifier
-from glm_saver.deployments import api_key_configured, group_window
-from glm_saver.failures import no_model_answered, redacted
+from glm_saver.books.counters import RoutingStats
 from glm_saver.books.headroom import CloudHeadroom, Quota
 from glm_saver.books.ledger import ROLES, Ledger, Tally
-from glm_saver.request import RequestView, prompt_tokens
-from glm_saver import proxy
+from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
+from glm_saver.callers import caller_label
+from glm_saver.cascade.speculator import Speculator
+from glm_saver.classifier import Classifier, build_classifier
+from glm_saver.deployments import api_key_configured, group_window
 from glm_saver.events import CALL_KEY, PLAN_KEY, CallRecord, read_failure, read_success
+from glm_saver.failures import no_model_answered, redacted
+from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
-from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
-from glm_saver.cascade.speculator import Speculator
-from glm_saver.books.counters import RoutingStats
-from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
 from glm_saver.routing.policy import Route, Windows
 from glm_saver.routing.validation import request_problem
+from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
 
 logger = logging.getLogger(__name__)
 

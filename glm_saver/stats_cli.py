@@ -71,11 +71,11 @@ def fmt(value: Any, kind: str = "auto") -> str:
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table: the first column left-aligned, the others right-aligned (numbers)."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         first, *rest = (str(cell) for cell in cells)
-        parts = [first.ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(rest, widths[1:])]
+        parts = [first.ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)]
         return "  ".join(parts).rstrip()
 
     if not any(headers):  # a key/value list: no header row

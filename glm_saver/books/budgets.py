@@ -19,8 +19,8 @@ import httpx
 from pydantic import BaseModel, Field
 
 from glm_saver.books import metrics
-from glm_saver.settings import BudgetSettings, GlmSaverSettings, Period
 from glm_saver.books.store import Store
+from glm_saver.settings import BudgetSettings, GlmSaverSettings, Period
 
 logger = logging.getLogger(__name__)
 

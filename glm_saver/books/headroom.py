@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from glm_saver.settings import RateLimitSettings
 from glm_saver.books.store import Store
+from glm_saver.settings import RateLimitSettings
 
 # Two header readings whose reset times differ by less than this belong to the same window.
 _SAME_WINDOW_SLACK = 1.0

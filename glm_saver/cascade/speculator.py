@@ -33,16 +33,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from glm_saver import proxy
 from glm_saver.callers import caller_label
 from glm_saver.cascade.scoring import DraftFacts, best_draft, score_drafts
-from glm_saver import proxy
+from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.events import CALL_KEY
 from glm_saver.failures import is_unreachable
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
-from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
-from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.routing.policy import Decision
+from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ class Speculator:
             verdict = draft_from_response(response)
             if not verdict.text.strip():
                 raise ValueError("empty verdict")
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any verify failure falls back to the best draft
             kind = "empty" if isinstance(err, ValueError) else failure_kind(err)
             self.stats.record_verify(kind)
             logger.warning("glm_saver: verify failed (%s); answering with the best draft", kind)

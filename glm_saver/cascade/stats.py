@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+
 @dataclass
 class SpeculativeStats:
     cascades: int = 0

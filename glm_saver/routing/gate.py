@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from glm_saver.books.budgets import BudgetBook, BudgetRefusal
-from glm_saver.deployments import Prices
 from glm_saver.books.headroom import Admission, CloudHeadroom, Reservation
-from glm_saver.settings import RateLimitSettings
 from glm_saver.books.store import StoreUnavailable
+from glm_saver.deployments import Prices
+from glm_saver.settings import RateLimitSettings
 
 # Metadata key under which a call carries its ticket.
 TICKET_KEY = "glm_saver_ticket"

@@ -22,15 +22,15 @@ from litellm.proxy._types import ProxyException
 
 from glm_saver.books import metrics
 from glm_saver.books.budgets import BudgetBook
+from glm_saver.books.counters import RoutingStats
+from glm_saver.books.store import StoreUnavailable
 from glm_saver.callers import key_label
 from glm_saver.classifier import Classification, Classifier
 from glm_saver.deployments import Prices
 from glm_saver.request import RequestView
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
-from glm_saver.settings import GlmSaverSettings
-from glm_saver.books.counters import RoutingStats
-from glm_saver.books.store import StoreUnavailable
 from glm_saver.routing.policy import ROUTES, Decision, RequestTooLarge, Route, Windows, decide
+from glm_saver.settings import GlmSaverSettings
 
 if TYPE_CHECKING:  # the cascade calls through the gate: a type only, no import circle
     from glm_saver.cascade.speculator import Speculator

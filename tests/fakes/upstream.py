@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -40,6 +40,9 @@ from tests.fakes.answers import ReplyRule
 from tests.fakes.chat import ChatEndpoint, error_body
 from tests.fakes.ratelimit import Clock, RateLimiter
 from tests.fakes.state import Fault, Gate, RecordedRequest, ServedAnswer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 Kind = Literal["local", "cerebras"]
 DEFAULT_MODELS: dict[str, str] = {"cerebras": "zai-glm-4.6", "local": "local-model"}
@@ -207,7 +210,7 @@ class FakeUpstream:
         thread.join(timeout=_START_TIMEOUT)
         self._server = self._thread = None
 
-    def __enter__(self) -> FakeUpstream:
+    def __enter__(self) -> Self:
         return self if self.running else self.start()
 
     def __exit__(self, *exc_info: object) -> None:

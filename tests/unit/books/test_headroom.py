@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from glm_saver.books.headroom import CloudHeadroom, HeaderReading, Quota, admit, exhausted, observe, rolled
-from glm_saver.settings import RateLimitSettings
 from glm_saver.books.store import MemoryStore
+from glm_saver.settings import RateLimitSettings
 
 SETTINGS = RateLimitSettings(safety_margin=0.0)
 NOW = 1_000_000.0
