@@ -85,7 +85,7 @@ def _add_serve_options(parser: argparse.ArgumentParser, port_flag: str) -> None:
     _add_cache_dir(parser)
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     local = commands.add_parser("local-model", help="the embedded local model (Gemma 3 270M on llama-server)")
     actions = local.add_subparsers(dest="action", required=True)
 

@@ -123,7 +123,7 @@ def _counter_table(title: str, counts: Mapping[str, Any]) -> str | None:
 def _key_values(title: str, values: Mapping[str, Any]) -> str | None:
     """Scalars as `name  value` rows; nested mappings of mappings become their own tables."""
     rows = [[str(name).replace("_", " "), fmt(value)] for name, value in values.items() if not _is_table(value)]
-    parts = [table(title, ["", ""], rows)] if rows else []
+    parts: list[str | None] = [table(title, ["", ""], rows)] if rows else []
     for name, value in values.items():
         if _is_table(value):
             parts.append(_generic(f"{title}: {name}", value))
@@ -250,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats = commands.add_parser("stats", help="print /stats of a running proxy as tables (tokens, cost, savings, budgets)")
     stats.add_argument("--url", default=DEFAULT_URL, help=f"the proxy's base URL (default {DEFAULT_URL})")
     stats.add_argument("--key", help="the master key (default $LITELLM_MASTER_KEY); /stats needs it")
