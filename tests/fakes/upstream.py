@@ -95,7 +95,7 @@ class _Server(uvicorn.Server):
         for server in self.servers:
             server.close()  # also closes the listening socket
         for connection in list(self.server_state.connections):
-            connection.transport.abort()  # type: ignore[union-attr]
+            connection.transport.abort()
         # Handlers see their client gone and return; whatever is left is cancelled by asyncio.run.
         if self.server_state.tasks:
             await asyncio.wait(list(self.server_state.tasks), timeout=2)
@@ -159,7 +159,7 @@ class FakeUpstream:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> FakeUpstream:
+    def start(self) -> Self:
         """Serve on 127.0.0.1 (a free port the first time, the same port after a ``stop``)."""
         if self._server is not None:
             raise RuntimeError(f"fake upstream {self.name!r} is already running")

@@ -63,7 +63,7 @@ def test_bad_speculative_setting_names_the_key(section: dict, named: str) -> Non
 
 def test_section_must_be_a_mapping() -> None:
     with pytest.raises(ConfigError, match="must be a mapping"):
-        parse_settings(["strategy"])  # type: ignore[arg-type]
+        parse_settings(["strategy"])  # type: ignore[arg-type]  # a list on purpose: the check under test
 
 
 def test_groups_must_exist_in_model_list() -> None:
