@@ -29,8 +29,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests import cline_shapes as cline  # noqa: E402
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+from tests import cline_shapes as cline
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 
 TASKS = [
     "Refactor the auth module to remove the race condition in token refresh",

@@ -38,7 +38,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 
 STRATEGIES = ("always_cerebras", "speculative_decoding", "parallel_speculative", "smart_speculative", "always_local")
 SPECULATIVE = ("speculative_decoding", "parallel_speculative", "smart_speculative")

@@ -87,7 +87,7 @@ def install_routes(plugin: StateSource) -> None:
 
     app = proxy.app()
     ours = build_router(plugin).routes
-    paths = {route.path for route in ours}
+    paths = {getattr(route, "path", None) for route in ours}
     # A reload of the plugin must replace, not stack, its routes.
     kept = [route for route in app.router.routes if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)]
     app.router.routes[:] = [*ours, *kept]

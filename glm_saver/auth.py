@@ -130,7 +130,7 @@ _configured_keys: tuple[ApiKeySettings, ...] | None = None
 
 def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
     """The config's keys, read once (the plugin instance is not needed: same file, same validation)."""
-    global _configured_keys
+    global _configured_keys  # noqa: PLW0603 - a cache read once per process
     if _configured_keys is None:
         from glm_saver.settings import load_config_file, settings_from_config
 
@@ -157,7 +157,7 @@ def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
 
 
 def proxy_key_ring() -> KeyRing:
-    global _cached
+    global _cached  # noqa: PLW0603 - a cache per master key, swapped whole
     master, admin_user_id = proxy.master_key()
     cached = _cached
     if cached is not None and cached[0] == master:
@@ -179,7 +179,7 @@ async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     (from `x-litellm-api-key` when sent, else `Authorization`)."""
     # Started from the repo's folder, LiteLLM loads ./glm_saver/auth.py by path as a second copy of
     # this module; the key ring is cached in the imported package module, the one copy.
-    from glm_saver import auth
+    from glm_saver import auth  # noqa: PLW0406 - the package copy, not the by-path copy LiteLLM loaded
 
     return auth.proxy_key_ring().authorize(api_key, auth._route(request))
 

@@ -76,7 +76,7 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string: keep the raw parts, still redacted
+        except Exception:  # noqa: BLE001 - a bad format string (any error): keep the raw parts, still redacted
             message = f"{record.msg} {record.args}"
         record.msg, record.args = self.redact(message), None
         if record.exc_info and not record.exc_text:

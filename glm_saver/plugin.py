@@ -10,7 +10,6 @@ pre-call hook fails open to plain LiteLLM routing, which the deployment gate sti
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -79,12 +78,12 @@ def _cascade_books(books: Mapping[str, Any]) -> dict[str, Any]:
 
 def _refusal_error(refusal: Refusal, group: str) -> Exception:
     """A paid hop the gate refused: LiteLLM treats it as that deployment failing."""
-    import litellm
+    from litellm.exceptions import RateLimitError, ServiceUnavailableError
 
     message = f"glm_saver: {group} may not take this request now ({refusal.reason}: {refusal.detail})"
     if refusal.reason == "store-down":
-        return litellm.ServiceUnavailableError(message=message, llm_provider="cerebras", model=group)
-    return litellm.RateLimitError(message=message, llm_provider="cerebras", model=group)
+        return ServiceUnavailableError(message=message, llm_provider="cerebras", model=group)
+    return RateLimitError(message=message, llm_provider="cerebras", model=group)
 
 
 def _empty_answer_error(message: str) -> ProxyException:
@@ -120,7 +119,7 @@ class GlmSaver(CustomLogger):
 
     # ---- the decision -------------------------------------------------------------------------
 
-    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: str) -> dict:
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str) -> dict[str, Any]:
         if call_type not in GOVERNED_CALL_TYPES or data.get("model") not in self._governed_models:
             return data
         chat = call_type in CHAT_CALL_TYPES
@@ -159,7 +158,7 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable:
             return True
 
-    def _apply(self, data: dict, plan: Plan) -> None:
+    def _apply(self, data: dict[str, Any], plan: Plan) -> None:
         """The only writer of the request: its group, clamp, fallbacks, the cascade's answer, the tag."""
         data["model"] = self._groups[plan.route]
         if plan.ticket is not None:
@@ -194,7 +193,7 @@ class GlmSaver(CustomLogger):
 
     # ---- the plan held at the deployment boundary ---------------------------------------------
 
-    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict | None:
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         """Every chat/text call to a paid group goes with the gate's ticket or not at all; a prompt
         too big for the local window never reaches it, whatever hop LiteLLM is on."""
         if getattr(call_type, "value", call_type) not in GOVERNED_CALL_TYPES:
@@ -203,7 +202,8 @@ class GlmSaver(CustomLogger):
         if not isinstance(metadata, dict):
             return None
         group = metadata.get("model_group")
-        tag = metadata.get(PLAN_KEY) if isinstance(metadata.get(PLAN_KEY), Mapping) else {}
+        planned = metadata.get(PLAN_KEY)
+        tag: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
         if group == self.settings.local_group:
             self._hold_local_window(kwargs, tag, group)
             return None
@@ -235,9 +235,9 @@ class GlmSaver(CustomLogger):
     def _hold_local_window(self, kwargs: Mapping[str, Any], tag: Mapping[str, Any], group: str) -> None:
         tokens = tag.get("prompt_tokens")
         if isinstance(tokens, int) and not self.windows.fits("local", tokens):
-            import litellm
+            from litellm.exceptions import ContextWindowExceededError
 
-            raise litellm.ContextWindowExceededError(
+            raise ContextWindowExceededError(
                 message=f"glm_saver: the prompt ({tokens} tokens) exceeds the {group} window ({self.windows.local})", model=group, llm_provider="openai"
             )
 
@@ -303,7 +303,7 @@ class GlmSaver(CustomLogger):
 
     async def async_post_call_response_headers_hook(
         self,
-        data: dict,
+        data: dict[str, Any],
         user_api_key_dict: Any,
         response: Any,
         request_headers: dict[str, str] | None = None,
@@ -349,7 +349,7 @@ class GlmSaver(CustomLogger):
         answered = self._route_of_group(record.group) or str(record.group)
         self.stats.record_answer(answered, record.tag["route"] if answered != record.tag["route"] else None)
 
-    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
+    async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
         """Every model of a routed request unreachable or too slow: a 503/504, not LiteLLM's 500/408;
         any other error of a routed request reaches the client without the upstreams' URLs."""
         live = self.live.claim((request_data.get("metadata") or {}).get("glm_saver_live"))
@@ -360,7 +360,7 @@ class GlmSaver(CustomLogger):
             return None
         return no_model_answered(original_exception, f"{tag['route']} and its fallback") or redacted(original_exception)
 
-    async def async_log_failure_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:
+    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_failure(kwargs)
         await self._observe_cloud(record)
         await self.history.observe(record, None)
@@ -392,8 +392,8 @@ class GlmSaver(CustomLogger):
             logger.warning("glm_saver: cerebras answered 429; no request goes to it for %.1fs", max(0.0, quota.exhausted_until - time.time()))
 
     async def async_filter_deployments(
-        self, model: str, healthy_deployments: list, messages: Any, request_kwargs: dict | None = None, parent_otel_span: Any = None
-    ) -> list:
+        self, model: str, healthy_deployments: list[dict[str, Any]], messages: Any, request_kwargs: dict[str, Any] | None = None, parent_otel_span: Any = None
+    ) -> list[dict[str, Any]]:
         """While Cerebras is known to refuse (429 window, day spent, no store to account in), offer
         LiteLLM no Cerebras deployment, so direct requests and fallbacks go local instead. A call that
         already holds the gate's ticket for this group was admitted moments ago: no second read of

@@ -289,7 +289,7 @@ def parse_settings(section: dict[str, Any] | None) -> GlmSaverSettings:
 
 
 def _model_groups(config: dict[str, Any]) -> set[str]:
-    return {entry.get("model_name") for entry in config.get("model_list") or [] if isinstance(entry, dict)}
+    return {name for entry in config.get("model_list") or [] if isinstance(entry, dict) and isinstance(name := entry.get("model_name"), str)}
 
 
 def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:

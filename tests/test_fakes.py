@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests.fakes import FakeClock, FakeUpstream, count_prompt_tokens, count_tokens
 from tests.fakes.answers import MAX_COMPLETION_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
-USER = [{"role": "user", "content": "Say hello."}]
-TOOLS = [
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
+TOOLS: list[ChatCompletionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -80,9 +81,9 @@ def sse_payloads(response: httpx.Response) -> list[str]:
 
 
 def test_non_stream_answer_and_usage(local: FakeUpstream) -> None:
-    messages = [{"role": "system", "content": "You are terse."}, *USER]
+    messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": "You are terse."}, *USER]
     with client(local) as c:
-        completion = c.chat.completions.create(model="whatever", messages=messages)  # type: ignore[arg-type]
+        completion = c.chat.completions.create(model="whatever", messages=messages)
 
     assert completion.model == "local-model"
     assert completion.object == "chat.completion"
@@ -182,9 +183,9 @@ def test_models_and_health(cerebras: FakeUpstream) -> None:
 def test_api_key_is_enforced_when_set() -> None:
     with FakeUpstream("local", api_key="secret") as fake:
         with client(fake) as c, pytest.raises(openai.AuthenticationError):
-            c.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            c.chat.completions.create(model="m", messages=USER)
         with openai.OpenAI(base_url=fake.url, api_key="secret", max_retries=0) as c:
-            assert c.chat.completions.create(model="m", messages=USER).choices  # type: ignore[arg-type]
+            assert c.chat.completions.create(model="m", messages=USER).choices
 
 
 # -- streaming ------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_api_key_is_enforced_when_set() -> None:
 
 def test_cerebras_stream_always_ends_with_a_usage_chunk(cerebras: FakeUpstream) -> None:
     with client(cerebras) as c:
-        chunks = list(c.chat.completions.create(model="m", messages=USER, stream=True))  # type: ignore[arg-type]
+        chunks = list(c.chat.completions.create(model="m", messages=USER, stream=True))
 
     assert chunks[0].choices[0].delta.role == "assistant"
     content = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
@@ -238,7 +239,7 @@ def test_stream_splits_multibyte_text_without_breaking_it() -> None:
 
 def test_tool_call_non_stream(cerebras: FakeUpstream) -> None:
     with client(cerebras) as c:
-        completion = c.chat.completions.create(model="m", messages=USER, tools=TOOLS)  # type: ignore[arg-type]
+        completion = c.chat.completions.create(model="m", messages=USER, tools=TOOLS)
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     [call] = choice.message.tool_calls or []
@@ -250,7 +251,7 @@ def test_tool_call_non_stream(cerebras: FakeUpstream) -> None:
 
 def test_tool_call_stream_deltas_reassemble_to_valid_json(cerebras: FakeUpstream) -> None:
     with client(cerebras) as c:
-        chunks = list(c.chat.completions.create(model="m", messages=USER, tools=TOOLS, stream=True))  # type: ignore[arg-type]
+        chunks = list(c.chat.completions.create(model="m", messages=USER, tools=TOOLS, stream=True))
 
     deltas = [d for ch in chunks if ch.choices for d in ch.choices[0].delta.tool_calls or []]
     first, rest = deltas[0], deltas[1:]
@@ -367,9 +368,9 @@ def test_quota_is_reserved_up_front_and_429_until_the_window_advances(clock: Fak
 
 def test_openai_client_sees_a_rate_limit_error_with_retry_after() -> None:
     with FakeUpstream("cerebras", tokens_per_minute=20_000) as fake, client(fake) as c:
-        c.chat.completions.create(model="m", messages=USER, max_tokens=16_384)  # type: ignore[arg-type]
+        c.chat.completions.create(model="m", messages=USER, max_tokens=16_384)
         with pytest.raises(openai.RateLimitError) as caught:
-            c.chat.completions.create(model="m", messages=USER, max_tokens=16_384)  # type: ignore[arg-type]
+            c.chat.completions.create(model="m", messages=USER, max_tokens=16_384)
     headers = caught.value.response.headers
     assert 1 <= int(headers["retry-after"]) <= 60
     assert 0 < float(headers["x-ratelimit-reset-tokens-minute"]) <= 60
@@ -432,18 +433,18 @@ def test_requests_per_day_run_out(clock: FakeClock) -> None:
     ],
 )
 def test_error_faults_hit_only_the_next_requests(
-    cerebras: FakeUpstream, mode: str, error: type[Exception]
+    cerebras: FakeUpstream, mode: str, error: type[openai.APIStatusError]
 ) -> None:
     cerebras.inject(mode, count=2, **({"retry_after": 7} if mode == "429" else {}))
     with client(cerebras) as c:
         for _ in range(2):
             with pytest.raises(error) as caught:
-                c.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
-            assert caught.value.status_code == int(mode)  # type: ignore[attr-defined]
-        assert c.chat.completions.create(model="m", messages=USER).choices  # type: ignore[arg-type]
+                c.chat.completions.create(model="m", messages=USER)
+            assert caught.value.status_code == int(mode)
+        assert c.chat.completions.create(model="m", messages=USER).choices
     if mode == "429":
-        assert caught.value.response.headers["retry-after"] == "7"  # type: ignore[attr-defined]
-        assert caught.value.body["type"] == "rate_limit_error"  # type: ignore[attr-defined]
+        assert caught.value.response.headers["retry-after"] == "7"
+        assert caught.value.body["type"] == "rate_limit_error"  # type: ignore[index]  # openai types the error body as object
     assert [r.outcome for r in cerebras.requests] == [f"fault:{mode}"] * 2 + ["ok"]
 
 
@@ -457,9 +458,9 @@ def test_not_json_fault(local: FakeUpstream, stream: bool) -> None:
     local.inject("not_json")
     # The openai client lets the JSON error through unwrapped.
     with client(local) as c, pytest.raises(json.JSONDecodeError):
-        response = c.chat.completions.create(model="m", messages=USER, stream=stream)  # type: ignore[arg-type]
+        response = c.chat.completions.create(model="m", messages=USER, stream=stream)
         if stream:
-            list(response)  # type: ignore[arg-type]
+            list(response)
 
 
 def test_reset_midstream_sends_some_content_then_drops_the_connection() -> None:
@@ -467,12 +468,12 @@ def test_reset_midstream_sends_some_content_then_drops_the_connection() -> None:
         fake.inject("reset_midstream", after_chunks=2)
         seen: list[str] = []
         with pytest.raises(openai.APIConnectionError):
-            for chunk in c.chat.completions.create(model="m", messages=USER, stream=True):  # type: ignore[arg-type]
+            for chunk in c.chat.completions.create(model="m", messages=USER, stream=True):
                 seen.append(chunk.choices[0].delta.content or "")
         assert "".join(seen) == "one two"
         fake.inject("reset_midstream")
         with pytest.raises(openai.APIConnectionError):
-            c.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            c.chat.completions.create(model="m", messages=USER)
         assert [r.outcome for r in fake.requests] == ["fault:reset_midstream"] * 2
         assert fake.served == []
 
@@ -489,7 +490,7 @@ def test_no_done_ends_the_stream_cleanly_without_finish(local: FakeUpstream) -> 
 def test_slow_first_byte_times_the_client_out_and_the_fake_notices(local: FakeUpstream) -> None:
     local.inject("slow_first_byte", delay=30)
     with client(local, timeout=0.2) as c, pytest.raises(openai.APITimeoutError):
-        c.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        c.chat.completions.create(model="m", messages=USER)
     # The fake stops waiting as soon as the client hangs up, long before 30 s.
     local.wait_until(lambda f: f.in_flight == 0)
     assert local.requests[0].outcome == "client_disconnected"
@@ -521,7 +522,7 @@ def test_max_concurrency_counts_requests_in_flight_together(local: FakeUpstream)
 def test_max_concurrency_with_latency_and_asyncio() -> None:
     async def two_at_once(fake: FakeUpstream) -> None:
         async with openai.AsyncOpenAI(base_url=fake.url, api_key="k", max_retries=0) as c:
-            await asyncio.gather(*(c.chat.completions.create(model="m", messages=USER) for _ in range(2)))  # type: ignore[arg-type]
+            await asyncio.gather(*(c.chat.completions.create(model="m", messages=USER) for _ in range(2)))
 
     with FakeUpstream("cerebras", latency=0.3) as fake:
         asyncio.run(two_at_once(fake))

@@ -46,7 +46,7 @@ def curve(items: Sequence[Item], scores: Sequence[float]) -> Curve:
     strong = sum(item.strong_correct for item in items) / n
     if strong <= weak:
         raise ValueError("the strong model is not better on this set: no gap to recover")
-    ranked = sorted(zip(scores, items), key=lambda pair: -pair[0])
+    ranked = sorted(zip(scores, items, strict=True), key=lambda pair: -pair[0])
     gained = [0.0]
     i = 0
     while i < n:

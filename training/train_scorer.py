@@ -34,7 +34,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +184,7 @@ def to_json(model: Fit, info: dict) -> dict:
     # logit = offset + b + sum(w (x - mean)) = offset + intercept + sum(w (x - reference)) + (w.e - semantic_reference)
     bias = model.blend * (model.intercepts[HOME_SOURCE] if HOME_SOURCE in model.intercepts else float(np.mean(list(model.intercepts.values()))))
     bias += float(per_unit[:n_dense] @ (reference - model.mean[:n_dense]))
-    dense = {name: {"weight": round(float(w), DIGITS), "reference": round(float(r), DIGITS)} for name, w, r in zip(DENSE_NAMES, per_unit[:n_dense], reference)}
+    dense = {name: {"weight": round(float(w), DIGITS), "reference": round(float(r), DIGITS)} for name, w, r in zip(DENSE_NAMES, per_unit[:n_dense], reference, strict=True)}
     return {
         "format": FORMAT,
         "intercept": round(bias, DIGITS),
@@ -201,7 +201,7 @@ def classifier_of(weights: dict) -> ComplexityClassifier:
 def check_runtime_agrees(weights: dict, data: Encoded, model: Fit) -> None:
     """The shipped JSON, read by the runtime scorer, must give the fitted logits."""
     classifier = classifier_of(weights)
-    for item, expected in list(zip(data.items, model.logit(data)))[::25]:
+    for item, expected in list(zip(data.items, model.logit(data), strict=True))[::25]:
         score, _ = classifier.score_text(item.text)
         got = math.log(score / (1 - score)) if 0 < score < 1 else expected
         if abs(got - expected) > 0.01:  # rounding of the shipped weights

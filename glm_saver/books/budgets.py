@@ -164,7 +164,11 @@ class BudgetBook:
 
     async def _release(self, budgets: list[tuple[str, BudgetSettings]], ticket: str, now: float) -> None:
         for name, budget in budgets:
-            await self._store.update(name, lambda use, budget=budget: (release(use, budget, ticket, now), None))
+
+            def freed(use: BudgetUse, budget: BudgetSettings = budget) -> tuple[BudgetUse, None]:
+                return release(use, budget, ticket, now), None
+
+            await self._store.update(name, freed)
 
     async def charge(self, key: str, amount: float, ticket: str | None = None) -> list[Alert]:
         """Add spend to every budget the key is under (releasing the request's holds); delivers and

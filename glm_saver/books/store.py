@@ -119,7 +119,7 @@ class RedisStore(Generic[M]):
     def _key(self, key: str) -> str:
         return f"{REDIS_KEY_PREFIX}{self._namespace}:{key}"
 
-    def _parse(self, raw: str | None) -> M:
+    def _parse(self, raw: str | bytes | None) -> M:
         return self._model.model_validate_json(raw) if raw else self._model()
 
     async def read(self, key: str) -> M:

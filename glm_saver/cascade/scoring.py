@@ -160,7 +160,7 @@ def confidence(agreement: float | None, token_prob: float | None, flags: Sequenc
 def score_drafts(drafts: Sequence[DraftFacts], prior: float) -> list[Score]:
     agreed = agreements([draft.text for draft in drafts])
     scores = []
-    for draft, agreement in zip(drafts, agreed):
+    for draft, agreement in zip(drafts, agreed, strict=True):
         flags = red_flags(draft)
         prob = token_probability(draft.logprobs)
         scores.append(Score(confidence(agreement, prob, flags, prior), agreement, prob, flags))

@@ -166,7 +166,7 @@ def draft_from_response(response: Any) -> Draft:
 
 def verify_messages(messages: Sequence[Mapping[str, Any]], draft: Draft) -> list[dict[str, Any]]:
     """The conversation as the client sent it, plus one user turn asking Cerebras to check the draft."""
-    return [*copy.deepcopy(list(messages)), {"role": "user", "content": VERIFY_INSTRUCTION.format(draft=draft.text)}]
+    return [*(copy.deepcopy(dict(message)) for message in messages), {"role": "user", "content": VERIFY_INSTRUCTION.format(draft=draft.text)}]
 
 
 def is_acceptance(verdict: Draft) -> bool:

@@ -25,8 +25,9 @@ def _messages(entry: Any) -> list[dict[str, Any]] | None:
     if isinstance(entry, list):
         return entry
     if isinstance(entry, dict):
-        if isinstance(entry.get("messages"), list):
-            return entry["messages"]
+        messages = entry.get("messages")
+        if isinstance(messages, list):
+            return messages
         text = entry.get("text", entry.get("ask"))
         if isinstance(text, str):
             return [{"role": "user", "content": text}]

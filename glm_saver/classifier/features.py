@@ -19,7 +19,7 @@ SCAN_CHARS = 8000
 
 _WORD = re.compile(r"[a-z][a-z0-9]*(?:['_][a-z0-9]+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_MATH = re.compile(r"[=+*/^<>√π∑∫≤≥±×÷]|\\(?:frac|sqrt|sum|int|cdot|le|ge)\b")
+_MATH = re.compile(r"[=+*/^<>√π∑∫≤≥±×÷]|\\(?:frac|sqrt|sum|int|cdot|le|ge)\b")  # noqa: RUF001 - the multiplication sign is a math sign on purpose
 _CHOICES = re.compile(r"^\s*\(?[A-D][.)]\s", re.MULTILINE)
 _CODE_FENCE = re.compile(r"```")
 _CODE_PUNCT = re.compile(r"[{}();\[\]]")

@@ -92,7 +92,8 @@ class LearnedModel:
 @lru_cache(maxsize=1)
 def shipped_weights() -> dict[str, Any]:
     text = resources.files("glm_saver.classifier").joinpath(WEIGHTS_FILE).read_text(encoding="utf-8")
-    return json.loads(text)
+    weights: dict[str, Any] = json.loads(text)
+    return weights
 
 
 @lru_cache(maxsize=1)

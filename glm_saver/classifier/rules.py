@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from glm_saver.classifier.calibration import load_scores, threshold_for_share
 from glm_saver.classifier.learned import LearnedModel, shipped_model
@@ -183,7 +183,7 @@ def load_custom(dotted_path: str, settings: ClassifierSettings) -> Classifier:
         target = target(settings) if _takes_arguments(target) else target()
     if not callable(getattr(target, "classify", None)):
         raise ConfigError(f"glm_saver.classifier.custom: {dotted_path!r} has no classify(messages) method")
-    return target
+    return cast(Classifier, target)  # checked above: it has a callable classify()
 
 
 def build_classifier(settings: ClassifierSettings) -> Classifier:

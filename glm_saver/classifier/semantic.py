@@ -43,13 +43,14 @@ class Embedder:
         self._tokenizer.no_padding()
 
     def token_ids(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
+        return ids
 
     def vector_of(self, ids: list[int]) -> np.ndarray:
         """The unit-length mean of these tokens' vectors (zeros for no tokens)."""
         if not ids:
             return np.zeros(DIMENSIONS, dtype=np.float64)
-        mean = self.table[np.clip(ids, 0, len(self.table) - 1)].mean(axis=0, dtype=np.float64)
+        mean: np.ndarray = self.table[np.clip(ids, 0, len(self.table) - 1)].mean(axis=0, dtype=np.float64)
         norm = float(np.linalg.norm(mean))
         return mean / norm if norm > 0 else mean
 

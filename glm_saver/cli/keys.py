@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser("hash-key", help="print the sha256 of a client key, for glm_saver.keys[].key_sha256")
     command.add_argument("key", nargs="?", help="the key; omit or '-' to read it from stdin (keeps it out of shell history)")
     command.set_defaults(run=_run)

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code: int = args.run(args)  # each command's run() returns its exit code
+        return code
     except ConfigError as err:
         print(f"glm-saver: {err}", file=sys.stderr)
         return 2

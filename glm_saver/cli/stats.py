@@ -71,11 +71,11 @@ def fmt(value: Any, kind: str = "auto") -> str:
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table: the first column left-aligned, the others right-aligned (numbers)."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         first, *rest = (str(cell) for cell in cells)
-        parts = [first.ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(rest, widths[1:])]
+        parts = [first.ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)]
         return "  ".join(parts).rstrip()
 
     if not any(headers):  # a key/value list: no header row
@@ -123,7 +123,7 @@ def _counter_table(title: str, counts: Mapping[str, Any]) -> str | None:
 def _key_values(title: str, values: Mapping[str, Any]) -> str | None:
     """Scalars as `name  value` rows; nested mappings of mappings become their own tables."""
     rows = [[str(name).replace("_", " "), fmt(value)] for name, value in values.items() if not _is_table(value)]
-    parts = [table(title, ["", ""], rows)] if rows else []
+    parts: list[str | None] = [table(title, ["", ""], rows)] if rows else []
     for name, value in values.items():
         if _is_table(value):
             parts.append(_generic(f"{title}: {name}", value))
@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats = commands.add_parser("stats", help="print /stats of a running proxy as tables (tokens, cost, savings, budgets)")
     stats.add_argument("--url", default=DEFAULT_URL, help=f"the proxy's base URL (default {DEFAULT_URL})")
     stats.add_argument("--key", help="the master key (default $LITELLM_MASTER_KEY, else the one `glm-saver up` generated); /stats needs it")

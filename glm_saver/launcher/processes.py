@@ -33,10 +33,8 @@ class ChildFailed(RuntimeError):
 def _die_with_parent() -> None:
     """Runs in the child before exec: ask Linux to SIGTERM it when our process dies."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-        except OSError:
-            pass
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -62,19 +60,15 @@ class Child:
         """SIGTERM the child's process group, then SIGKILL whatever is left after `timeout`."""
         if self.process.poll() is None:
             self._signal_group(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # The leader may be gone while something it spawned still runs in its group.
         self._signal_group(signal.SIGKILL)
         self.process.wait()
 
     def _signal_group(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def spawn(name: str, command: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:

@@ -222,7 +222,9 @@ class Planner:
         if raw is None:
             return None
         wanted = str(raw).strip().lower()
-        if wanted == "local" or wanted == "cerebras":
-            return wanted
+        if wanted == "local":
+            return "local"
+        if wanted == "cerebras":
+            return "cerebras"
         self.stats.record_rejection("bad-override-header")
         raise client_error(f"header {self.settings.override_header} must be one of: {', '.join(ROUTES)}", param=self.settings.override_header)

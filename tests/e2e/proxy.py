@@ -153,6 +153,7 @@ def run_proxy_until_exit(directory: Path, config: dict[str, Any], cerebras_url: 
     proxy = Proxy(directory=directory, cerebras_url=cerebras_url)
     return subprocess.run(
         proxy.command(config),
+        check=False,
         cwd=directory,
         env=proxy.environment(),
         capture_output=True,

@@ -14,11 +14,12 @@ Bodies are forwarded whole (no streaming): it taps the cascade's internal non-st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import uvicorn
@@ -26,6 +27,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 HOLD_DEADLINE = 30.0
 
@@ -79,12 +83,10 @@ class Tap:
             self._hold_for = 0
             self._released.set()
             return
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):  # give up holding; max_in_flight tells the test what happened
             await asyncio.wait_for(self._released.wait(), HOLD_DEADLINE)
-        except asyncio.TimeoutError:
-            pass  # give up holding; max_in_flight tells the test what happened
 
-    def __enter__(self) -> Tap:  # noqa: PYI034 - Self needs Python 3.11
+    def __enter__(self) -> Self:
         app = Starlette(routes=[Route("/{path:path}", self._forward, methods=["GET", "POST"])])
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

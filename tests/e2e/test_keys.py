@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from glm_saver.cli import main
 from glm_saver.callers import hash_key
+from glm_saver.cli import main
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 

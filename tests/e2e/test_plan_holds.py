@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
@@ -137,7 +136,7 @@ def spend_key_budget(proxy: Proxy, key: str, alias: str) -> None:
         if answered.headers.get("x-glm-saver-route") == "local":
             assert answered.headers["x-glm-saver-reason"].startswith("budget"), answered.headers["x-glm-saver-reason"]
             return
-        poll(lambda: stats(proxy)["books"]["totals"]["requests"] > before, "the answer in the books")
+        poll(lambda before=before: stats(proxy)["books"]["totals"]["requests"] > before, "the answer in the books")
     raise AssertionError(f"budget {budget} never ran out")
 
 
@@ -303,7 +302,7 @@ def test_errors_do_not_reveal_the_upstreams_urls(proxy: Proxy, local_upstream: F
     finally:
         local_upstream.start()
         cerebras_upstream.start()
-    for (path, body), response in zip(UNREACHABLE_ASKS, answers):
+    for (path, body), response in zip(UNREACHABLE_ASKS, answers, strict=True):
         what = f"{path} {body['model']} stream={body.get('stream', False)}"
         shown = response.text + "\n" + "\n".join(f"{name}: {value}" for name, value in response.headers.items())
         assert response.status_code >= 500 or "error" in response.text, f"{what}: {response.status_code} {response.text[:200]}"

@@ -34,7 +34,7 @@ _EXPORTS = {
     "count_prompt_tokens": "tests.fakes.tokens",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

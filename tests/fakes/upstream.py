@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -40,6 +40,9 @@ from tests.fakes.answers import ReplyRule
 from tests.fakes.chat import ChatEndpoint, error_body
 from tests.fakes.ratelimit import Clock, RateLimiter
 from tests.fakes.state import Fault, Gate, RecordedRequest, ServedAnswer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 Kind = Literal["local", "cerebras"]
 DEFAULT_MODELS: dict[str, str] = {"cerebras": "zai-glm-4.6", "local": "local-model"}
@@ -94,7 +97,7 @@ class _Server(uvicorn.Server):
         for server in self.servers:
             server.close()  # also closes the listening socket
         for connection in list(self.server_state.connections):
-            connection.transport.abort()  # type: ignore[union-attr]
+            connection.transport.abort()
         # Handlers see their client gone and return; whatever is left is cancelled by asyncio.run.
         if self.server_state.tasks:
             await asyncio.wait(list(self.server_state.tasks), timeout=2)
@@ -162,7 +165,7 @@ class FakeUpstream:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> FakeUpstream:
+    def start(self) -> Self:
         """Serve on 127.0.0.1 (a free port the first time, the same port after a ``stop``)."""
         if self._server is not None:
             raise RuntimeError(f"fake upstream {self.name!r} is already running")
@@ -213,7 +216,7 @@ class FakeUpstream:
         thread.join(timeout=_START_TIMEOUT)
         self._server = self._thread = None
 
-    def __enter__(self) -> FakeUpstream:
+    def __enter__(self) -> Self:
         return self if self.running else self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -10,8 +10,8 @@ import pytest
 from litellm.proxy._types import LitellmUserRoles, ProxyException
 
 from glm_saver.auth import KEY_ALIAS_METADATA, KeyRing
-from glm_saver.cli import main
 from glm_saver.callers import hash_key
+from glm_saver.cli import main
 from glm_saver.settings import ApiKeySettings, ConfigError, parse_settings
 
 MASTER = "sk-master-0123456789"

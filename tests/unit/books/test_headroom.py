@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from glm_saver.books.headroom import CloudHeadroom, HeaderReading, Quota, admit, exhausted, observe, rolled
-from glm_saver.settings import RateLimitSettings
 from glm_saver.books.store import MemoryStore
+from glm_saver.settings import RateLimitSettings
 
 SETTINGS = RateLimitSettings(safety_margin=0.0)
 NOW = 1_000_000.0
@@ -118,7 +120,7 @@ class YieldingStore:
         await asyncio.sleep(0)
         return self.values.get(key, Quota())
 
-    async def update(self, key: str, change):  # type: ignore[no-untyped-def]
+    async def update(self, key: str, change: Callable[[Quota], tuple[Quota, Any]]) -> Any:
         while True:
             version = self.versions.get(key, 0)
             current = self.values.get(key, Quota())
@@ -134,9 +136,11 @@ class YieldingStore:
 
 @pytest.mark.parametrize("store_kind", ["memory", "yielding"])
 def test_concurrent_admissions_never_over_admit(store_kind: str) -> None:
-    clock = lambda: NOW  # noqa: E731
+    def clock() -> float:
+        return NOW
+
     store = MemoryStore(Quota) if store_kind == "memory" else YieldingStore()
-    headroom = CloudHeadroom(store, SETTINGS, "cerebras", clock)  # type: ignore[arg-type]
+    headroom = CloudHeadroom(store, SETTINGS, "cerebras", clock)
 
     async def scenario() -> list[bool]:
         await headroom.observe({"x-ratelimit-remaining-tokens-minute": "50000", "x-ratelimit-reset-tokens-minute": "30"})

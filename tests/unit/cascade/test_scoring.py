@@ -113,7 +113,7 @@ def test_best_draft_is_the_most_confident_one_agreeing_with_the_others() -> None
     ]
     scores = score_drafts(drafts, PRIOR)
     assert best_draft(scores) == 1
-    assert scores[1].agreement is not None and scores[1].agreement > scores[0].agreement  # type: ignore[operator]
+    assert scores[0].agreement is not None and scores[1].agreement is not None and scores[1].agreement > scores[0].agreement
 
 
 def test_score_summary_names_the_signals_but_no_draft_text() -> None:

@@ -9,10 +9,6 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from glm_saver.classifier import Classification
-from glm_saver.request import RequestView
-from glm_saver.settings import SpeculativeSettings
-from glm_saver.routing.gate import Ticket, clamp
 from glm_saver.cascade.speculator import (
     CALL_KEY,
     Draft,
@@ -28,7 +24,11 @@ from glm_saver.cascade.speculator import (
     verify_messages,
     verify_params,
 )
-from glm_saver.routing.policy import Windows, decide
+from glm_saver.classifier import Classification
+from glm_saver.request import RequestView
+from glm_saver.routing.gate import Ticket, clamp
+from glm_saver.routing.policy import Route, Windows, decide
+from glm_saver.settings import SpeculativeSettings
 
 # build_mock imports litellm: keep it from reaching for the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -234,6 +234,6 @@ def test_a_prompt_too_big_for_local_is_not_speculated() -> None:
 
 
 @pytest.mark.parametrize("override", ["local", "cerebras"])
-def test_override_header_wins_over_speculation(override: str) -> None:
-    decision = decide("parallel_speculative", 10, WINDOWS, never_classify, override=override)  # type: ignore[arg-type]
+def test_override_header_wins_over_speculation(override: Route) -> None:
+    decision = decide("parallel_speculative", 10, WINDOWS, never_classify, override=override)
     assert (decision.route, decision.speculate) == (override, False)

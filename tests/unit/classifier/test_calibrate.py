@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glm_saver.classifier.calibration import cloud_share, threshold_for_share
 from glm_saver.classifier import ComplexityClassifier
+from glm_saver.classifier.calibration import cloud_share, threshold_for_share
 from glm_saver.cli import main
 from glm_saver.settings import ClassifierSettings, ConfigError, parse_settings
 from tests import cline_shapes as cline
@@ -90,7 +90,7 @@ def test_bad_calibration_settings_name_the_key(classifier: dict, named: str) -> 
 def test_unreadable_line_in_the_calibration_file_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "past.jsonl"
     path.write_text('{"text": "hello"}\n\n42\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="past.jsonl:3"):
+    with pytest.raises(ConfigError, match=r"past\.jsonl:3"):
         ComplexityClassifier(ClassifierSettings(target_cloud_share=0.3, calibration_file=str(path)))
 
 

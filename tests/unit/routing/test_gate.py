@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from glm_saver.books.budgets import HOLD_SECONDS, BudgetBook, BudgetUse
-from glm_saver.deployments import Prices
 from glm_saver.books.headroom import CloudHeadroom, Quota
+from glm_saver.books.store import MemoryStore, StoreUnavailable
+from glm_saver.deployments import Prices
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
 from glm_saver.settings import GlmSaverSettings, RateLimitSettings
-from glm_saver.books.store import MemoryStore, StoreUnavailable
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")

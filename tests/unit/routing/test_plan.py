@@ -3,8 +3,8 @@
 from types import SimpleNamespace
 
 from glm_saver.deployments import Prices
-from glm_saver.routing.plan import _litellm_key_nearly_spent
 from glm_saver.request import RequestView
+from glm_saver.routing.plan import _litellm_key_nearly_spent
 
 CLOUD = Prices(input=2.25e-6, output=2.75e-6)
 
