@@ -118,7 +118,9 @@ async def measure(servers: dict[str, str], proxy: str, rounds: int, max_tokens: 
     else:
         print("  compiled server          : not built (glm-saver local-model install --build), not compared")
     print(f"  1 draft                  : {median(singles) * 1000:7.0f} ms wall")
-    print(f"  3 parallel drafts        : {median(triples) * 1000:7.0f} ms wall  (x{median(triples) / median(singles):.2f} of 1)   {median(triple_tokens):.1f} tok/s together")
+    print(
+        f"  3 parallel drafts        : {median(triples) * 1000:7.0f} ms wall  (x{median(triples) / median(singles):.2f} of 1)   {median(triple_tokens):.1f} tok/s together"
+    )
 
 
 def main() -> None:

@@ -37,15 +37,15 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glm_saver.classifier import ComplexityClassifier  # noqa: E402
-from glm_saver.request import RequestView, content_text  # noqa: E402
-from tests import cline_shapes as cline  # noqa: E402
-from tests.e2e import proxy as e2e_proxy  # noqa: E402
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+from glm_saver.classifier import ComplexityClassifier
+from glm_saver.request import RequestView, content_text
+from tests import cline_shapes as cline
+from tests.e2e import proxy as e2e_proxy
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 
 # Six engineers share two cores: a proxy may take minutes to start, not the tests' two.
 e2e_proxy.STARTUP_TIMEOUT = 600.0
-from tests.e2e.redis_server import running_redis  # noqa: E402
+from tests.e2e.redis_server import running_redis
 
 ASK = [{"role": "user", "content": "hello, what is a tuple?"}]
 # Requests that did not get a 200, by status or error (printed: a run with many is not worth much).
@@ -174,7 +174,9 @@ def report(results: dict[str, dict[str, list[float]]], concurrency: int) -> None
         plain_p50, plain_p99 = percentile(plain, 0.5), percentile(plain, 0.99)
         print(f"{label}:")
         print(f"  throughput at concurrency {concurrency}: plugin {rps:.1f} req/s, plain {plain_rps:.1f} req/s, ratio {rps / plain_rps:.3f}")
-        print(f"  latency at concurrency 1 ({len(lat)} requests each): p50 plugin {p50:.2f} ms, plain {plain_p50:.2f} ms, ratio {p50 / plain_p50:.3f}, added {p50 - plain_p50:+.2f} ms")
+        print(
+            f"  latency at concurrency 1 ({len(lat)} requests each): p50 plugin {p50:.2f} ms, plain {plain_p50:.2f} ms, ratio {p50 / plain_p50:.3f}, added {p50 - plain_p50:+.2f} ms"
+        )
         print(f"                                         p99 plugin {p99:.2f} ms, plain {plain_p99:.2f} ms, ratio {p99 / plain_p99:.3f}")
 
 
@@ -243,12 +245,18 @@ def main() -> None:
             fake.terminate()
 
     report(results, args.concurrency)
-    print(f"redis round trips per request (bench ask, routed local): {counter.round_trips / measured:.2f} (target <= 3); commands per request: "
-          + ", ".join(f"{name} {count / measured:.2f}" for name, count in counter.commands.most_common()))
-    print(f"redis round trips per request routed to cerebras (headroom, books; no budget configured): {cloud_counter.round_trips / cloud:.2f}; commands per request: "
-          + ", ".join(f"{name} {count / cloud:.2f}" for name, count in cloud_counter.commands.most_common()))
+    print(
+        f"redis round trips per request (bench ask, routed local): {counter.round_trips / measured:.2f} (target <= 3); commands per request: "
+        + ", ".join(f"{name} {count / measured:.2f}" for name, count in counter.commands.most_common())
+    )
+    print(
+        f"redis round trips per request routed to cerebras (headroom, books; no budget configured): {cloud_counter.round_trips / cloud:.2f}; commands per request: "
+        + ", ".join(f"{name} {count / cloud:.2f}" for name, count in cloud_counter.commands.most_common())
+    )
     alone, both = statistics.median(one_alone), statistics.median(two_at_once)
-    print(f"two proxies on one redis, loaded at once at concurrency {args.concurrency} each: {both:.1f} req/s combined, one alone {alone:.1f} req/s, ratio {both / alone:.2f}")
+    print(
+        f"two proxies on one redis, loaded at once at concurrency {args.concurrency} each: {both:.1f} req/s combined, one alone {alone:.1f} req/s, ratio {both / alone:.2f}"
+    )
     print(f"failed requests (all proxies): {dict(FAILURES) or 'none'}")
     classify_ms, view_ms, size = classifier_timings()
     print(f"classifier on a {size / 1024:.0f} KB Cline-shaped request: p50 {classify_ms:.3f} ms (target < 1 ms)")

@@ -24,8 +24,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.overhead import one_pass, start_fake  # noqa: E402
-from tests.e2e.proxy import Proxy, proxy_config, wait_for_http  # noqa: E402
+from bench.overhead import one_pass, start_fake
+from tests.e2e.proxy import Proxy, proxy_config, wait_for_http
 
 # The body guard is ASGI middleware around the whole app: every request frame sits under it.
 WRAPPERS = ("body_guard.py",)
@@ -79,7 +79,7 @@ def main() -> None:
     with proxy.log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=work, env=proxy.environment(), stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_http(process, f"{proxy.url}/health/liveliness", proxy.log_path, 900, "proxy")  # type: ignore[arg-type]
+        wait_for_http(process, f"{proxy.url}/health/liveliness", proxy.log_path, 900, "proxy")  # type: ignore[arg-type]  # py-spy's Popen is text-less, as wait_for_http expects
         asyncio.run(one_pass(proxy.url, "glm-saver", 100, 4))  # warm up
         deadline = time.monotonic() + args.seconds
         sent = 0

@@ -105,7 +105,16 @@ def main() -> None:
 
     local, local_url = start_fake("--kind", "local", "--port", "0", "--latency", "0.05")
     cerebras, cerebras_url = start_fake(
-        "--kind", "cerebras", "--port", "0", "--tokens-per-minute", str(args.tokens_per_window), "--window-seconds", str(args.window), "--requests-per-day", "1000000"
+        "--kind",
+        "cerebras",
+        "--port",
+        "0",
+        "--tokens-per-minute",
+        str(args.tokens_per_window),
+        "--window-seconds",
+        str(args.window),
+        "--requests-per-day",
+        "1000000",
     )
     work = Path(tempfile.mkdtemp(prefix="glm-saver-ratelimit-"))
     plain_config = proxy_config(local_url)

@@ -44,15 +44,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.scorer_v1 import ScorerV1  # noqa: E402
-from glm_saver import tokens  # noqa: E402
-from glm_saver.classifier import ComplexityClassifier  # noqa: E402
-from glm_saver.request import latest_ask  # noqa: E402
-from glm_saver.settings import ClassifierSettings  # noqa: E402
-from tests import cline_shapes as cline  # noqa: E402
-from training import train_scorer  # noqa: E402
-from training.datasets import MATH_SUBJECTS, SHIPPABLE, Item, coding, mmlu, mmlu_math, of_split, preferences  # noqa: E402
-from training.metrics import curve  # noqa: E402
+from bench.scorer_v1 import ScorerV1
+from glm_saver import tokens
+from glm_saver.classifier import ComplexityClassifier
+from glm_saver.request import latest_ask
+from glm_saver.settings import ClassifierSettings
+from tests import cline_shapes as cline
+from training import train_scorer
+from training.datasets import MATH_SUBJECTS, SHIPPABLE, Item, coding, mmlu, mmlu_math, of_split, preferences
+from training.metrics import curve
 
 Scorer = Callable[[list[dict[str, Any]]], float]
 NEW = "new router"

@@ -30,8 +30,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e import proxy as e2e_proxy  # noqa: E402
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config  # noqa: E402
+from tests.e2e import proxy as e2e_proxy
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 
 # Six engineers share two cores: a proxy may take minutes to start, not the tests' two.
 e2e_proxy.STARTUP_TIMEOUT = 600.0
@@ -186,18 +186,26 @@ def main() -> None:
         cerebras.terminate()
 
     n = args.requests
-    print(f"{n} requests, {args.concurrency} concurrent, half streamed, a Cerebras fault every {args.fault_every} ({n // args.fault_every if args.fault_every else 0} faults)")
-    print(f"with plugin: {plugin_run.successes}/{n} succeeded ({100 * plugin_run.successes / n:.2f}%), failures {plugin_run.failures or 'none'}, {n / elapsed:.1f} req/s")
+    print(
+        f"{n} requests, {args.concurrency} concurrent, half streamed, a Cerebras fault every {args.fault_every} ({n // args.fault_every if args.fault_every else 0} faults)"
+    )
+    print(
+        f"with plugin: {plugin_run.successes}/{n} succeeded ({100 * plugin_run.successes / n:.2f}%), failures {plugin_run.failures or 'none'}, {n / elapsed:.1f} req/s"
+    )
     print(f"without plugin: {plain_run.successes}/{plain_n} succeeded ({100 * plain_run.successes / plain_n:.2f}%), failures {plain_run.failures or 'none'}")
     for name, share in (("p50", 0.5), ("p99", 0.99)):
         mine, theirs = percentile(plugin_run.latencies, share), percentile(plain_run.latencies, share)
         print(f"latency {name}: plugin {mine:.1f} ms, plain {theirs:.1f} ms, added {mine - theirs:+.1f} ms (ratio {mine / theirs:.2f})")
     marks = dict(rss)
     warm, middle, end = marks[min(WARM, n)], marks[n // 2], marks[n]
-    print(f"proxy RSS: start {rss_start:.1f} MB, after {min(WARM, n)} {warm:.1f} MB, middle ({n // 2}) {middle:.1f} MB, end ({n}) {end:.1f} MB;"
-          f" end vs after {min(WARM, n)}: {100 * (end / warm - 1):+.1f}% (target within 5%)")
+    print(
+        f"proxy RSS: start {rss_start:.1f} MB, after {min(WARM, n)} {warm:.1f} MB, middle ({n // 2}) {middle:.1f} MB, end ({n}) {end:.1f} MB;"
+        f" end vs after {min(WARM, n)}: {100 * (end / warm - 1):+.1f}% (target within 5%)"
+    )
     exact = books == plugin_run.successes == delivered
-    print(f"books: {books} requests booked, {plugin_run.successes} client successes, {delivered} answers delivered by the fakes -> {'exactly once each' if exact else 'MISMATCH'}")
+    print(
+        f"books: {books} requests booked, {plugin_run.successes} client successes, {delivered} answers delivered by the fakes -> {'exactly once each' if exact else 'MISMATCH'}"
+    )
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ class Fake:
     """A fake upstream in its own process, driven over its /_control/ API."""
 
     def __init__(self, kind: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.fakes.upstream", "--kind", kind, "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.upstream", "--kind", kind, "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip()
         self.base = self.url.removesuffix("/v1")
@@ -194,7 +196,10 @@ def start_proxies(work: Path, local: Fake, cloud: Fake) -> dict[str, Proxy]:
 def cost_table(http: httpx.Client, proxies: dict[str, Proxy], local: Fake, cloud: Fake, asks: list[Ask]) -> None:
     """Per strategy: whole-draft scoring (JSON requests) and prefix commits (the same asks streamed)."""
     good = sum(a.right_draft for a in asks)
-    print(f"workload: {len(asks)} asks, {good} good local drafts ({good / len(asks):.0%}); kinds: " + ", ".join(f"{k} {sum(a.kind == k for a in asks)}" for k, *_ in KINDS))
+    print(
+        f"workload: {len(asks)} asks, {good} good local drafts ({good / len(asks):.0%}); kinds: "
+        + ", ".join(f"{k} {sum(a.kind == k for a in asks)}" for k, *_ in KINDS)
+    )
     print(f"{'strategy':<22}{'scoring':>9}{'cloud prompt tok':>17}{'cloud compl tok':>16}{'cloud $':>11}{'vs always':>10}{'right':>8}  routes")
     baseline = None
     for strategy, proxy in proxies.items():
@@ -207,10 +212,14 @@ def cost_table(http: httpx.Client, proxies: dict[str, Proxy], local: Fake, cloud
             prompt, completion, cost = cloud_bill(cloud.served())
             baseline = cost if baseline is None else baseline
             shares.append((cost / baseline, right / len(asks)))
-            print(f"{strategy:<22}{scoring:>9}{prompt:>17}{completion:>16}{cost:>11.5f}{cost / baseline:>10.2f}{right / len(asks):>8.0%}  {dict(sorted(routes.items()))}")
+            print(
+                f"{strategy:<22}{scoring:>9}{prompt:>17}{completion:>16}{cost:>11.5f}{cost / baseline:>10.2f}{right / len(asks):>8.0%}  {dict(sorted(routes.items()))}"
+            )
         if len(shares) == 2:
             (cost_w, right_w), (cost_p, right_p) = shares
-            print(f"{'':<22}{'prefix - whole:':>26} cost {100 * (cost_p - cost_w):+.1f} points of always-cerebras, right {100 * (right_p - right_w):+.1f} points (target: within 5)")
+            print(
+                f"{'':<22}{'prefix - whole:':>26} cost {100 * (cost_p - cost_w):+.1f} points of always-cerebras, right {100 * (right_p - right_w):+.1f} points (target: within 5)"
+            )
 
 
 def parallel_timing(http: httpx.Client, proxies: dict[str, Proxy], local: Fake, asks: list[Ask], rounds: int, tps: float) -> None:
@@ -247,7 +256,9 @@ def stream_timing(http: httpx.Client, proxies: dict[str, Proxy], local: Fake, cl
         local.control("options", {"tokens_per_second": None})
         cloud.control("options", {"tokens_per_second": None})
     commit = statistics.median(s.nth_token for s in seen["always_local"] if s.nth_token is not None)
-    print(f"\nstreamed answers, local paced at {tps:.0f} tok/s, cerebras at {cloud_tps:.0f} tok/s; {len(chosen)} asks each ({rounds} sure-right, {rounds} unsure-wrong), medians:")
+    print(
+        f"\nstreamed answers, local paced at {tps:.0f} tok/s, cerebras at {cloud_tps:.0f} tok/s; {len(chosen)} asks each ({rounds} sure-right, {rounds} unsure-wrong), medians:"
+    )
     print(f"  reference: the local model delivers its {COMMIT_TOKENS}th token after {commit:.3f} s (always_local stream, same run)")
     print(f"  {'strategy':<22}{'TTFB s':>8}{'TTFB/commit':>13}{'total s':>9}{'total/local':>13}  routes")
     local_total = statistics.median(s.total for s in seen["always_local"])

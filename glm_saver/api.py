@@ -25,6 +25,7 @@ class StateSource(Protocol):
 
     async def stats_snapshot(self) -> dict[str, Any]: ...
 
+
 HEALTH_PATH = "/health"
 STATS_PATH = "/stats"
 DASHBOARD_PATH = "/glm-saver/dashboard"
@@ -89,7 +90,11 @@ def install_routes(plugin: StateSource) -> None:
     ours = build_router(plugin).routes
     paths = {getattr(route, "path", None) for route in ours}
     # A reload of the plugin must replace, not stack, its routes.
-    kept = [route for route in app.router.routes if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)]
+    kept = [
+        route
+        for route in app.router.routes
+        if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)
+    ]
     app.router.routes[:] = [*ours, *kept]
     from glm_saver.body_guard import install
 

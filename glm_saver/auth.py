@@ -99,7 +99,9 @@ class KeyRing:
         if entry is None:
             raise _refuse("Authentication Error: invalid API key")
         if route not in CLIENT_ROUTES:
-            raise _refuse(f"key '{entry.alias}' may only call chat completions, completions and the model list; {route} needs the master key", status.HTTP_403_FORBIDDEN)
+            raise _refuse(
+                f"key '{entry.alias}' may only call chat completions, completions and the model list; {route} needs the master key", status.HTTP_403_FORBIDDEN
+            )
         return self._client(entry)
 
     def _admin(self) -> UserAPIKeyAuth:
@@ -145,9 +147,7 @@ def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
     import litellm
 
     limited = [entry.alias for entry in keys if entry.models]
-    enforced = bool(proxy.general_settings().get("custom_auth_run_common_checks")) and bool(
-        getattr(litellm, "enable_post_custom_auth_checks", False)
-    )
+    enforced = bool(proxy.general_settings().get("custom_auth_run_common_checks")) and bool(getattr(litellm, "enable_post_custom_auth_checks", False))
     if limited and not enforced:
         logger.warning(
             "glm_saver: the models of key(s) %s are NOT enforced: set general_settings.custom_auth_run_common_checks "
@@ -182,4 +182,3 @@ async def custom_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     from glm_saver import auth  # noqa: PLW0406 - the package copy, not the by-path copy LiteLLM loaded
 
     return auth.proxy_key_ring().authorize(api_key, auth._route(request))
-

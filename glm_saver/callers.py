@@ -38,4 +38,3 @@ def caller_label(metadata: Mapping[str, Any]) -> str:
 def key_label(auth: Any) -> str:
     """The same name for the key LiteLLM authenticated (a UserAPIKeyAuth) in the pre-call hook."""
     return caller_label({"user_api_key_alias": getattr(auth, "key_alias", None), "user_api_key_hash": getattr(auth, "api_key", None)})
-

@@ -149,4 +149,3 @@ def read_failure(kwargs: Mapping[str, Any]) -> CallRecord:
         status=status if isinstance(status, int) else None,
         error=type(error).__name__ if error is not None else None,
     )
-

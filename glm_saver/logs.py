@@ -51,11 +51,7 @@ _PATTERNS = (
 def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of env vars whose name says they are secret (…KEY, …SECRET, …TOKEN, …PASSWORD)."""
     environ = os.environ if environ is None else environ
-    values = {
-        value
-        for name, value in environ.items()
-        if any(word in name.upper() for word in SECRET_NAME_WORDS) and len(value) >= MIN_SECRET_LENGTH
-    }
+    values = {value for name, value in environ.items() if any(word in name.upper() for word in SECRET_NAME_WORDS) and len(value) >= MIN_SECRET_LENGTH}
     return sorted(values, key=len, reverse=True)  # longest first: a value containing another goes whole
 
 
@@ -116,7 +112,7 @@ class BackgroundHandler(QueueHandler):
         self.dropped = 0
         self.listener = QueueListener(self._queue, *targets, respect_handler_level=True)
         # Stopping waits for room in a full queue rather than failing at exit.
-        self.listener.enqueue_sentinel = lambda: self._queue.put(None)  # type: ignore[method-assign]
+        self.listener.enqueue_sentinel = lambda: self._queue.put(None)  # type: ignore[method-assign]  # the stdlib hook for this is an override
         self.listener.start()
         atexit.register(self.close)
 
@@ -127,12 +123,12 @@ class BackgroundHandler(QueueHandler):
             self.dropped += 1
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        prepared = super().prepare(record)  # message, arguments and traceback become one text
+        prepared: logging.LogRecord = super().prepare(record)  # message, arguments and traceback become one text
         prepared.stack_info = None  # already part of that text
         return prepared
 
     def flush(self) -> None:
-        if self.listener._thread is not None:  # noqa: SLF001 - stopped: nothing left to wait for
+        if self.listener._thread is not None:
             self._queue.join()
         for target in self.targets:
             target.flush()
@@ -140,7 +136,7 @@ class BackgroundHandler(QueueHandler):
     def close(self) -> None:
         """Write what is queued, stop the thread, close the files (idempotent)."""
         atexit.unregister(self.close)
-        if self.listener._thread is not None:  # noqa: SLF001
+        if self.listener._thread is not None:
             self.listener.stop()
         for target in self.targets:
             target.close()

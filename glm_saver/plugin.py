@@ -114,7 +114,15 @@ class GlmSaver(CustomLogger):
         self.speculator = Speculator(settings, config, cloud_exhausted=self._cloud_unavailable, cloud_gate=self.gate)
         self.live = LiveAnswers(settings.speculative.draft_timeout)  # committed drafts awaiting their stream
         self.planner = Planner(
-            settings, self.classifier, self.windows, self.cloud_configured, self.gate, self.ledger.budgets, self.ledger.cloud_prices, self.speculator, self.stats
+            settings,
+            self.classifier,
+            self.windows,
+            self.cloud_configured,
+            self.gate,
+            self.ledger.budgets,
+            self.ledger.cloud_prices,
+            self.speculator,
+            self.stats,
         )
 
     # ---- the decision -------------------------------------------------------------------------
@@ -248,7 +256,9 @@ class GlmSaver(CustomLogger):
         tokens = tag.get("prompt_tokens")
         if not isinstance(tokens, int):
             messages = kwargs.get("messages")
-            tokens = prompt_tokens(messages if isinstance(messages, list) else [{"role": "user", "content": str(kwargs.get("prompt") or "")}], kwargs.get("tools"))
+            tokens = prompt_tokens(
+                messages if isinstance(messages, list) else [{"role": "user", "content": str(kwargs.get("prompt") or "")}], kwargs.get("tools")
+            )
         asked = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
         granted = await self.gate.admit(key, group, tokens, asked if isinstance(asked, int) else None, depth)
         if isinstance(granted, Refusal):
@@ -258,7 +268,7 @@ class GlmSaver(CustomLogger):
 
     # ---- answers coming back --------------------------------------------------------------------
 
-    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+    async def async_post_call_success_hook(self, data: dict[str, Any], user_api_key_dict: Any, response: Any) -> Any:
         """A non-streamed Cerebras answer left empty because reasoning used the whole max_tokens is
         never handed to the client: it is asked again once with more room (through the gate, like
         any paid call), else the client gets a 502 that says why."""
@@ -275,7 +285,7 @@ class GlmSaver(CustomLogger):
         self.stats.record_failure(str(group), "reasoning-spent-budget")
         try:
             retried = await self._retry_with_room(data, str(group), room)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - whatever failed, the client gets the 502 that says why
             raise _empty_answer_error(f"{why}; the retry with max_tokens {room} failed ({type(err).__name__})") from None
         if spent_on_reasoning(retried):
             raise _empty_answer_error(f"{why}; the retry with max_tokens {room} was empty too")
@@ -321,7 +331,9 @@ class GlmSaver(CustomLogger):
         shown = tag.get("label") or tag["route"]  # a speculative answer is served by `route` as planned
         return {"x-glm-saver-route": shown, "x-glm-saver-reason": _ascii_header(f"{tag['reason']}: {tag['detail']}")}
 
-    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> AsyncIterator[Any]:
+    async def async_post_call_streaming_iterator_hook(  # type: ignore[override]  # yields SSE keep-alive comments (str) besides chunks
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncIterator[Any]:
         """A draft committed on its prefix streams here, in place of the placeholder LiteLLM holds;
         a stream from Cerebras that reasoning left empty ends with an error, not as an empty answer
         (the chunks already sent cannot be taken back to retry); every other stream passes untouched."""
@@ -338,7 +350,7 @@ class GlmSaver(CustomLogger):
         async for item in stream:
             yield item
 
-    async def async_log_success_event(self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any) -> None:
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_success(kwargs, response_obj)
         await self._observe_cloud(record)
         if self.ledger.keeps(record.group):
@@ -349,7 +361,9 @@ class GlmSaver(CustomLogger):
         answered = self._route_of_group(record.group) or str(record.group)
         self.stats.record_answer(answered, record.tag["route"] if answered != record.tag["route"] else None)
 
-    async def async_post_call_failure_hook(self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
+    async def async_post_call_failure_hook(
+        self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None
+    ) -> Any:
         """Every model of a routed request unreachable or too slow: a 503/504, not LiteLLM's 500/408;
         any other error of a routed request reaches the client without the upstreams' URLs."""
         live = self.live.claim((request_data.get("metadata") or {}).get("glm_saver_live"))

@@ -17,9 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SECTION = "glm_saver"
 
-Strategy = Literal[
-    "smart_routing", "always_local", "always_cerebras", "speculative_decoding", "parallel_speculative", "smart_speculative"
-]
+Strategy = Literal["smart_routing", "always_local", "always_cerebras", "speculative_decoding", "parallel_speculative", "smart_speculative"]
 
 DEFAULT_COMPLEXITY_KEYWORDS: dict[str, float] = {
     "refactor": 1.5,
@@ -170,8 +168,12 @@ class SpeculativeSettings(_Strict):
     confidence_without_evidence: float = Field(default=0.5, ge=0, le=1, description="confidence of a draft with no agreement and no logprobs")
     speculate_with_tools: bool = Field(default=False, description="also speculate on requests that carry tools (else routed as smart_routing)")
     parallel_retry_seconds: float = Field(default=60.0, ge=0, description="after the local server refused parallel drafts, draft one at a time this long")
-    commit_tokens: int = Field(default=48, ge=1, description="streamed requests: drafts are scored on this many tokens (or less, if finished) and the trusted one streams on live")
-    keepalive_seconds: float = Field(default=5.0, gt=0, description="streamed requests: an SSE comment after this long without a chunk, so clients and proxies do not time out")
+    commit_tokens: int = Field(
+        default=48, ge=1, description="streamed requests: drafts are scored on this many tokens (or less, if finished) and the trusted one streams on live"
+    )
+    keepalive_seconds: float = Field(
+        default=5.0, gt=0, description="streamed requests: an SSE comment after this long without a chunk, so clients and proxies do not time out"
+    )
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> SpeculativeSettings:

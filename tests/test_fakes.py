@@ -93,9 +93,7 @@ def test_non_stream_answer_and_usage(local: FakeUpstream) -> None:
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == count_tokens("You are terse.") + count_tokens("Say hello.")
     assert completion.usage.completion_tokens == count_tokens("Hello from local.")
-    assert (
-        completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
-    )
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
     [request] = local.requests
     assert (request.path, request.status, request.outcome) == ("/v1/chat/completions", 200, "ok")
@@ -116,21 +114,13 @@ def test_prompt_tokens_count_tool_schemas_and_tool_calls() -> None:
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-                ],
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
             },
             {"role": "tool", "tool_call_id": "c1", "content": "result"},
         ],
         "tools": TOOLS,
     }
-    expected = (
-        count_tokens("sys")
-        + count_tokens("f")
-        + count_tokens("{}")
-        + count_tokens("result")
-        + count_tokens(json.dumps(TOOLS))
-    )
+    expected = count_tokens("sys") + count_tokens("f") + count_tokens("{}") + count_tokens("result") + count_tokens(json.dumps(TOOLS))
     assert count_prompt_tokens(body) == expected
 
 
@@ -138,20 +128,9 @@ def test_reply_rules_match_the_last_user_message() -> None:
     rules = [("refactor", "Here is the refactor."), ("hello", "Hi!")]
     with FakeUpstream("local", name="gpu box", replies=rules) as fake:
         history = [{"role": "user", "content": "please refactor"}, {"role": "assistant", "content": "ok"}]
-        assert (
-            chat(fake, messages=[*history, {"role": "user", "content": "hello there"}]).json()["choices"][0][
-                "message"
-            ]["content"]
-            == "Hi!"
-        )
-        assert (
-            chat(fake, messages=history[:1]).json()["choices"][0]["message"]["content"]
-            == "Here is the refactor."
-        )
-        assert (
-            chat(fake, messages=[{"role": "user", "content": "?"}]).json()["choices"][0]["message"]["content"]
-            == "Hello from gpu box."
-        )
+        assert chat(fake, messages=[*history, {"role": "user", "content": "hello there"}]).json()["choices"][0]["message"]["content"] == "Hi!"
+        assert chat(fake, messages=history[:1]).json()["choices"][0]["message"]["content"] == "Here is the refactor."
+        assert chat(fake, messages=[{"role": "user", "content": "?"}]).json()["choices"][0]["message"]["content"] == "Hello from gpu box."
 
 
 def test_max_tokens_truncates_with_finish_reason_length(local: FakeUpstream) -> None:
@@ -256,9 +235,7 @@ def test_tool_call_stream_deltas_reassemble_to_valid_json(cerebras: FakeUpstream
     deltas = [d for ch in chunks if ch.choices for d in ch.choices[0].delta.tool_calls or []]
     first, rest = deltas[0], deltas[1:]
     assert first.index == 0 and first.id and first.id.startswith("call_") and first.type == "function"
-    assert (
-        first.function is not None and first.function.name == "read_files" and first.function.arguments == ""
-    )
+    assert first.function is not None and first.function.name == "read_files" and first.function.arguments == ""
     assert len(rest) >= 2, "arguments must come in several pieces"
     arguments = "".join(d.function.arguments or "" for d in rest if d.function)
     assert json.loads(arguments) == {"paths": [], "why": "example"}
@@ -277,9 +254,7 @@ def test_tool_result_and_tool_choice_none_get_text(local: FakeUpstream) -> None:
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "read_files", "arguments": "{}"}}
-            ],
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "read_files", "arguments": "{}"}}],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"ok": true}'},
     ]
@@ -296,13 +271,9 @@ def test_tool_result_and_tool_choice_none_get_text(local: FakeUpstream) -> None:
 
 def test_logprobs_per_token_with_the_rule_value() -> None:
     with FakeUpstream("local", replies=[("unsure", "Maybe so.", -2.5)]) as fake:
-        body = chat(
-            fake, messages=[{"role": "user", "content": "unsure?"}], logprobs=True, top_logprobs=2
-        ).json()
+        body = chat(fake, messages=[{"role": "user", "content": "unsure?"}], logprobs=True, top_logprobs=2).json()
         plain = chat(fake, logprobs=True).json()
-        streamed = sse_payloads(
-            chat(fake, messages=[{"role": "user", "content": "unsure?"}], stream=True, logprobs=True)
-        )
+        streamed = sse_payloads(chat(fake, messages=[{"role": "user", "content": "unsure?"}], stream=True, logprobs=True))
 
     entries = body["choices"][0]["logprobs"]["content"]
     assert "".join(e["token"] for e in entries) == "Maybe so."
@@ -310,12 +281,7 @@ def test_logprobs_per_token_with_the_rule_value() -> None:
     assert {e["logprob"] for e in entries} == {-2.5}
     assert all(len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["token"] == e["token"] for e in entries)
     assert {e["logprob"] for e in plain["choices"][0]["logprobs"]["content"]} == {-0.1}
-    stream_entries = [
-        e
-        for p in streamed[:-1]
-        for c in json.loads(p)["choices"]
-        for e in (c["logprobs"] or {}).get("content", [])
-    ]
+    stream_entries = [e for p in streamed[:-1] for c in json.loads(p)["choices"] for e in (c["logprobs"] or {}).get("content", [])]
     assert "".join(e["token"] for e in stream_entries) == "Maybe so."
 
 
@@ -432,9 +398,7 @@ def test_requests_per_day_run_out(clock: FakeClock) -> None:
         ("503", openai.InternalServerError),
     ],
 )
-def test_error_faults_hit_only_the_next_requests(
-    cerebras: FakeUpstream, mode: str, error: type[openai.APIStatusError]
-) -> None:
+def test_error_faults_hit_only_the_next_requests(cerebras: FakeUpstream, mode: str, error: type[openai.APIStatusError]) -> None:
     cerebras.inject(mode, count=2, **({"retry_after": 7} if mode == "429" else {}))
     with client(cerebras) as c:
         for _ in range(2):
@@ -574,9 +538,7 @@ def test_reset_records(local: FakeUpstream) -> None:
 def test_control_api_drives_a_fake_over_http(clock: FakeClock) -> None:
     with FakeUpstream("cerebras", tokens_per_minute=20_000, clock=clock) as fake:
         control = f"{fake.base_url}/_control"
-        assert httpx.post(f"{control}/faults", json={"mode": "503", "count": 1}).json()["pending_faults"] == [
-            {"mode": "503", "params": {}}
-        ]
+        assert httpx.post(f"{control}/faults", json={"mode": "503", "count": 1}).json()["pending_faults"] == [{"mode": "503", "params": {}}]
         assert chat(fake).status_code == 503
         assert chat(fake).status_code == 200
         assert chat(fake).status_code == 429
@@ -654,7 +616,7 @@ THOUGHT = "The user wants a greeting. A short one will do, so I answer briefly."
 
 def test_reasoning_fake_streams_thinking_before_content_and_reports_reasoning_tokens() -> None:
     with FakeUpstream("cerebras", reasoning=THOUGHT) as fake, client(fake) as c:
-        chunks = list(c.chat.completions.create(model="m", messages=USER, stream=True))  # type: ignore[arg-type]
+        chunks = list(c.chat.completions.create(model="m", messages=USER, stream=True))
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     kinds = ["reasoning" if getattr(d, "reasoning_content", None) else "content" for d in deltas if getattr(d, "reasoning_content", None) or d.content]
     assert kinds == sorted(kinds, key=lambda kind: kind != "reasoning") and "reasoning" in kinds and "content" in kinds
@@ -687,7 +649,7 @@ def test_reasoning_that_uses_the_whole_budget_leaves_the_content_empty() -> None
 
 def test_reasoning_comes_before_a_tool_call_in_a_stream() -> None:
     with FakeUpstream("cerebras", reasoning=THOUGHT) as fake, client(fake) as c:
-        chunks = list(c.chat.completions.create(model="m", messages=USER, tools=TOOLS, stream=True))  # type: ignore[arg-type]
+        chunks = list(c.chat.completions.create(model="m", messages=USER, tools=TOOLS, stream=True))
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     first_call = next(i for i, d in enumerate(deltas) if d.tool_calls)
     assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas[:first_call]) == THOUGHT
@@ -699,7 +661,7 @@ def test_reasoning_comes_before_a_tool_call_in_a_stream() -> None:
 def test_cerebras_refuses_a_history_whose_assistant_turn_carries_reasoning(cerebras: FakeUpstream, field: str) -> None:
     history = [*USER, {"role": "assistant", "content": "Hi.", field: "I thought about it."}, {"role": "user", "content": "Again."}]
     with client(cerebras) as c, pytest.raises(openai.BadRequestError) as raised:
-        c.chat.completions.create(model="m", messages=history)  # type: ignore[arg-type]
+        c.chat.completions.create(model="m", messages=history)
     assert raised.value.status_code == 400
     assert raised.value.body["message"] == f"messages.1.assistant.{field}: property 'messages.1.assistant.{field}' is unsupported"
     assert raised.value.body["type"] == "invalid_request_error" and not cerebras.served

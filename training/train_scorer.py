@@ -134,7 +134,7 @@ def fit(sources: Mapping[str, Encoded], semantic_l2: float) -> Fit:
         hessian = (z * (weights * p * (1 - p))[:, None]).T @ z + np.diag(ridge)
         params -= np.linalg.solve(hessian, grad)
     intercepts = {n: float(params[k]) for k, n in enumerate(names)}
-    return Fit(mean, scale, intercepts, params[len(names):], semantic_l2)
+    return Fit(mean, scale, intercepts, params[len(names) :], semantic_l2)
 
 
 def apgr(data: Encoded, scores: np.ndarray) -> float:
@@ -184,7 +184,10 @@ def to_json(model: Fit, info: dict) -> dict:
     # logit = offset + b + sum(w (x - mean)) = offset + intercept + sum(w (x - reference)) + (w.e - semantic_reference)
     bias = model.blend * (model.intercepts[HOME_SOURCE] if HOME_SOURCE in model.intercepts else float(np.mean(list(model.intercepts.values()))))
     bias += float(per_unit[:n_dense] @ (reference - model.mean[:n_dense]))
-    dense = {name: {"weight": round(float(w), DIGITS), "reference": round(float(r), DIGITS)} for name, w, r in zip(DENSE_NAMES, per_unit[:n_dense], reference, strict=True)}
+    dense = {
+        name: {"weight": round(float(w), DIGITS), "reference": round(float(r), DIGITS)}
+        for name, w, r in zip(DENSE_NAMES, per_unit[:n_dense], reference, strict=True)
+    }
     return {
         "format": FORMAT,
         "intercept": round(bias, DIGITS),
@@ -208,7 +211,7 @@ def check_runtime_agrees(weights: dict, data: Encoded, model: Fit) -> None:
             raise SystemExit(f"runtime scorer disagrees with training: logit {got:.4f} vs {expected:.4f}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def encoded_source(name: str, without_groups: tuple[str, ...] = ()) -> Encoded:
     return encode(training_items(name, without_groups))
 

@@ -229,7 +229,12 @@ def deliver(alert: Alert, webhook: str | None, pending: set[asyncio.Task[None]])
     """Log the alert, count it, and POST it to the webhook without holding up the request."""
     logger.warning(
         "glm_saver: budget %s reached %.0f%% ($%.6g of $%.6g, %s %s)",
-        alert.budget, alert.threshold * 100, alert.spent_usd, alert.limit_usd, alert.period, alert.period_start,
+        alert.budget,
+        alert.threshold * 100,
+        alert.spent_usd,
+        alert.limit_usd,
+        alert.period,
+        alert.period_start,
     )
     metrics.BUDGET_ALERTS.labels(budget=alert.budget, threshold=f"{alert.threshold:g}").inc()
     if webhook:

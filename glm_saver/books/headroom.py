@@ -121,7 +121,9 @@ def _refusal(quota: Quota, tokens: int, now: float, settings: RateLimitSettings)
         margin = math.ceil(settings.safety_margin * (quota.tokens_limit or quota.tokens_remaining))
         free = quota.tokens_remaining - quota.reserved_tokens - margin
         if tokens > free:
-            return Admission(False, "rate-limit-tokens", f"request reserves {tokens} tokens, {max(free, 0)} left this minute", _until(quota.tokens_reset_at, now))
+            return Admission(
+                False, "rate-limit-tokens", f"request reserves {tokens} tokens, {max(free, 0)} left this minute", _until(quota.tokens_reset_at, now)
+            )
     if not quota.probed and quota.reserved_requests > 0:
         return Admission(False, "rate-limit-probe", "cerebras limits unknown until the first answer returns", None)
     return None
@@ -147,7 +149,11 @@ def _merge_tokens(quota: Quota, reading: HeaderReading, now: float) -> dict[str,
     )
     if late:  # an answer from a window that is already over says nothing about this one
         return {}
-    changes: dict[str, Any] = {"tokens_remaining": reading.tokens_remaining, "tokens_reset_at": reset_at, "tokens_limit": reading.tokens_limit or quota.tokens_limit}
+    changes: dict[str, Any] = {
+        "tokens_remaining": reading.tokens_remaining,
+        "tokens_reset_at": reset_at,
+        "tokens_limit": reading.tokens_limit or quota.tokens_limit,
+    }
     if current is not None and abs(reset_at - current) < _SAME_WINDOW_SLACK:
         # Answers arrive out of order: within a window the lowest reading is the freshest.
         changes["tokens_remaining"] = min(reading.tokens_remaining, quota.tokens_remaining if quota.tokens_remaining is not None else reading.tokens_remaining)

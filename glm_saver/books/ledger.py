@@ -63,7 +63,7 @@ class Charge:
 
     def rows(self) -> list[tuple[str, str]]:
         """The (table, row name) pairs this answer is booked under."""
-        return list(zip(TABLES, (self.group, self.key, self.route, self.strategy, self.role)))
+        return list(zip(TABLES, (self.group, self.key, self.route, self.strategy, self.role), strict=True))
 
 
 class Tally(BaseModel):
@@ -105,9 +105,8 @@ class Books(BaseModel):
         self.totals.add(charge)
         for name, row in charge.rows():
             table: dict[str, Tally] = getattr(self, name)
-            if row not in table and len(table) >= MAX_ROWS:
-                row = OTHER  # bounded: see MAX_ROWS
-            table.setdefault(row, Tally()).add(charge)
+            booked = row if row in table or len(table) < MAX_ROWS else OTHER  # bounded: see MAX_ROWS
+            table.setdefault(booked, Tally()).add(charge)
         return self
 
     def view(self) -> dict[str, Any]:

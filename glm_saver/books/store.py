@@ -103,9 +103,7 @@ class RedisStore(Generic[M]):
         import redis.asyncio as redis
 
         self._model = model
-        self._client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
-        )
+        self._client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
         self._namespace = namespace
         self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
         # The raw value last read or written per key: the first guess of the next update. One entry
@@ -124,7 +122,8 @@ class RedisStore(Generic[M]):
 
     async def read(self, key: str) -> M:
         async with _reaching_redis():
-            raw = await self._client.get(self._key(key))
+            stored = await self._client.get(self._key(key))
+        raw = stored.decode() if isinstance(stored, bytes) else stored  # decode_responses: already text
         self._seen[key] = raw or ""
         return self._parse(raw)
 
@@ -243,9 +242,7 @@ def redis_url(settings: GlmSaverSettings, config: Mapping[str, Any]) -> str:
     raise ConfigError("glm_saver.state: redis needs glm_saver.redis_url, router_settings.redis_host/redis_port or REDIS_URL")
 
 
-def build_store(
-    model: type[M], settings: GlmSaverSettings, config: Mapping[str, Any], namespace: str, sqlite_path: Path | None = None
-) -> Store[M]:
+def build_store(model: type[M], settings: GlmSaverSettings, config: Mapping[str, Any], namespace: str, sqlite_path: Path | None = None) -> Store[M]:
     """Redis when configured; else SQLite where a path is given (state that must survive restarts);
     else memory (state that is only worth a minute, like rate-limit headroom)."""
     if settings.state == "redis":

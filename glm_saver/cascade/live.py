@@ -175,6 +175,7 @@ class LiveAnswers:
     def __init__(self, unclaimed_seconds: float) -> None:
         self.unclaimed_seconds = unclaimed_seconds
         self._held: dict[str, LiveDraft] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def hold(self, call_id: str, live: LiveDraft) -> None:
         self._held[call_id] = live
@@ -187,12 +188,12 @@ class LiveAnswers:
         if self._held.get(call_id) is live:
             del self._held[call_id]
             logger.warning("glm_saver: a committed draft was never streamed; closing it")
-            asyncio.ensure_future(live.close())
+            task = asyncio.ensure_future(live.close())
+            self._closing.add(task)  # a reference until it is done, or the loop may drop it
+            task.add_done_callback(self._closing.discard)
 
     def __len__(self) -> int:
         return len(self._held)
-
-
 
 
 async def stream_live(live: LiveDraft, placeholder: Any, metadata: dict[str, Any], include_usage: bool, keepalive_seconds: float) -> AsyncIterator[Any]:

@@ -327,7 +327,9 @@ class Speculator:
             return self._with_draft(view, decision, draft, "draft-accepted", "confident", summary, spent=(0, 0))
         if chosen == "cloud":
             if await self._cloud_busy():
-                return self._with_draft(view, decision, draft, "draft-accepted", "cloud-unavailable", f"cerebras has no headroom; weak draft returned ({summary})", spent=(0, 0))
+                return self._with_draft(
+                    view, decision, draft, "draft-accepted", "cloud-unavailable", f"cerebras has no headroom; weak draft returned ({summary})", spent=(0, 0)
+                )
             return self._cloud("low-confidence", f"{summary}; cerebras answers", decision)
         return await self._verify(data, view, decision, draft, summary, key)
 
@@ -478,17 +480,21 @@ class Speculator:
             verdict = draft_from_response(response)
             if not verdict.text.strip():
                 raise _EmptyVerdict("reasoning-spent-budget" if spent_on_reasoning(response) else "empty")
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any verify failure serves the draft unverified, with its kind as the reason
             kind = str(err) if isinstance(err, _EmptyVerdict) else failure_kind(err)
             self.stats.record_verify(kind)
             logger.warning("glm_saver: verify failed (%s); answering with the best draft", kind)
-            return self._with_draft(view, decision, draft, "draft-accepted", "verify-failed", f"cerebras {kind} during verify; draft unverified ({summary})", spent=(0, 0))
+            return self._with_draft(
+                view, decision, draft, "draft-accepted", "verify-failed", f"cerebras {kind} during verify; draft unverified ({summary})", spent=(0, 0)
+            )
         spent = (verdict.prompt_tokens, verdict.completion_tokens)
         if is_acceptance(verdict):
             self.stats.record_verify("verified")
             return self._with_draft(view, decision, draft, "draft-verified", "verified", f"cerebras accepted the draft ({summary})", spent=spent)
         self.stats.record_verify("corrected")
-        return self._with_draft(view, decision, verdict, "draft-corrected", "corrected", f"cerebras corrected the draft ({summary})", spent=spent, prompt_tokens=draft.prompt_tokens)
+        return self._with_draft(
+            view, decision, verdict, "draft-corrected", "corrected", f"cerebras corrected the draft ({summary})", spent=spent, prompt_tokens=draft.prompt_tokens
+        )
 
     # -- outcomes -------------------------------------------------------------------------------
 

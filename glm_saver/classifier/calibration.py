@@ -49,7 +49,7 @@ def load_requests(path: str | Path) -> list[list[dict[str, Any]]]:
         except json.JSONDecodeError:
             messages = None
         if messages is None:
-            raise ConfigError(f"{path}:{number}: not a request body, messages list or {{\"text\": ...}} object")
+            raise ConfigError(f'{path}:{number}: not a request body, messages list or {{"text": ...}} object')
         requests.append(messages)
     if not requests:
         raise ConfigError(f"{path}: no requests to calibrate on")

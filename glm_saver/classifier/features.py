@@ -24,7 +24,9 @@ _CHOICES = re.compile(r"^\s*\(?[A-D][.)]\s", re.MULTILINE)
 _CODE_FENCE = re.compile(r"```")
 _CODE_PUNCT = re.compile(r"[{}();\[\]]")
 # foo_bar, fooBar, foo.bar(), path/to/file.py: names that point into a codebase.
-_IDENTIFIER = re.compile(r"\b(?:[a-z]+_[a-z0-9_]+|[a-z]+[A-Z][A-Za-z0-9]*|\w+\.(?:py|js|ts|tsx|go|rs|java|c|h|cpp|rb|php|yaml|yml|json|toml|md|sql|css|html)|\w+\(\))")
+_IDENTIFIER = re.compile(
+    r"\b(?:[a-z]+_[a-z0-9_]+|[a-z]+[A-Z][A-Za-z0-9]*|\w+\.(?:py|js|ts|tsx|go|rs|java|c|h|cpp|rb|php|yaml|yml|json|toml|md|sql|css|html)|\w+\(\))"
+)
 _NEGATION = re.compile(r"\b(?:not|never|except|false|incorrect|least|without)\b")
 _QUESTION = re.compile(r"\?")
 

@@ -149,9 +149,7 @@ class ComplexityClassifier:
         return threshold_for_share(scores, share)
 
     @staticmethod
-    def _keyword_evidence(
-        text: str, pattern: re.Pattern[str] | None, weights: dict[str, float], sign: float, kind: str
-    ) -> list[tuple[float, str]]:
+    def _keyword_evidence(text: str, pattern: re.Pattern[str] | None, weights: dict[str, float], sign: float, kind: str) -> list[tuple[float, str]]:
         if pattern is None:
             return []
         found = dict.fromkeys(match.group(1) for match in pattern.finditer(text))

@@ -60,7 +60,7 @@ def _describe(path: str, result: dict[str, Any]) -> str:
 
 def add_commands(commands: Any) -> None:
     calibrate = commands.add_parser("calibrate", help="the threshold that sends a share of past requests to the cloud")
-    calibrate.add_argument("file", help="JSONL of past requests: request bodies, messages lists or {\"text\": ...}")
+    calibrate.add_argument("file", help='JSONL of past requests: request bodies, messages lists or {"text": ...}')
     calibrate.add_argument("--target-cloud-share", type=_share, help=f"share to send to the cloud (default: the config's, else {DEFAULT_SHARE})")
     calibrate.add_argument("--config", help="score with the classifier settings of this litellm_config.yaml")
     calibrate.add_argument("--json", action="store_true", help="print the result as JSON")

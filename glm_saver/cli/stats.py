@@ -99,15 +99,17 @@ def _budget_table(budgets: Mapping[str, Any]) -> str | None:
         if not isinstance(budget, Mapping):
             continue
         alerts = budget.get("alerts_fired")
-        rows.append([
-            name,
-            fmt(budget.get("period")),
-            fmt(budget.get("spent_usd"), "usd"),
-            fmt(budget.get("limit_usd"), "usd"),
-            fmt(budget.get("used"), "pct"),
-            fmt([fmt(a, "pct") if _number(a) else a for a in alerts] if isinstance(alerts, list) else alerts),
-            fmt(budget.get("action")),
-        ])
+        rows.append(
+            [
+                name,
+                fmt(budget.get("period")),
+                fmt(budget.get("spent_usd"), "usd"),
+                fmt(budget.get("limit_usd"), "usd"),
+                fmt(budget.get("used"), "pct"),
+                fmt([fmt(a, "pct") if _number(a) else a for a in alerts] if isinstance(alerts, list) else alerts),
+                fmt(budget.get("action")),
+            ]
+        )
     if not rows:
         return None
     return table("Budgets", ["budget", "period", "spent", "limit", "used", "alerts fired", "at 100%"], rows)

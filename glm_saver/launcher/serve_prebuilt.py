@@ -11,6 +11,7 @@ the model is memory-mapped read-only). If our parent dies we die too (PDEATHSIG 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import signal
@@ -71,10 +72,8 @@ def server_params(args: argparse.Namespace) -> Any:
 
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):  # not glibc: the parent's own shutdown still stops us
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        except OSError:
-            pass
 
 
 def _exit_now(signum: int, frame: object) -> None:

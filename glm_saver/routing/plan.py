@@ -122,7 +122,9 @@ class Planner:
         named = next((route for route, group in self.groups.items() if group == requested), None)
         if named is not None and not self.windows.fits(named, view.prompt_tokens):
             self.stats.record_rejection("context-window")
-            raise client_error(f"the prompt is about {view.prompt_tokens} tokens, more than the context window of {requested}", "messages", "context_length_exceeded")
+            raise client_error(
+                f"the prompt is about {view.prompt_tokens} tokens, more than the context window of {requested}", "messages", "context_length_exceeded"
+            )
         try:
             decision = await self._budget_decision(auth, key, view) or self.decide(view, named or self._override(data), chat)
         except RequestTooLarge as err:
@@ -135,7 +137,15 @@ class Planner:
         plan = replace(start, route=decision.route, reason=decision.reason, detail=decision.detail, score=decision.score)
         if decision.speculate:
             outcome = await self.speculator.answer(data, view, decision, key)
-            plan = replace(plan, route=outcome.decision.route, reason=outcome.decision.reason, detail=outcome.decision.detail, label=outcome.decision.label, mock=outcome.mock, live=outcome.live)
+            plan = replace(
+                plan,
+                route=outcome.decision.route,
+                reason=outcome.decision.reason,
+                detail=outcome.decision.detail,
+                label=outcome.decision.label,
+                mock=outcome.mock,
+                live=outcome.live,
+            )
         if plan.route == "cerebras":
             plan = await self._through_gate(plan, view)
         return replace(plan, fallbacks=self._may_fall_back(plan))

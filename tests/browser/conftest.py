@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
-from tests.e2e.conftest import _fresh_upstream_records, cerebras_upstream, local_upstream, start_proxy  # noqa: F401 (fixtures)
+from tests.e2e.conftest import _fresh_upstream_records, cerebras_upstream, local_upstream, start_proxy  # noqa: F401 - pytest fixtures shared with this folder
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 

@@ -33,7 +33,13 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = {
     "glm_saver": {
         "budget": {"limit_usd": 1.0, "period": "monthly"},
-        "keys": [{"alias": "alice", "key_sha256": hash_key(ALICE), "budget": {"limit_usd": 0.0004, "period": "daily", "action": "local", "alert_thresholds": [0.05, 0.5, 1.0]}}],
+        "keys": [
+            {
+                "alias": "alice",
+                "key_sha256": hash_key(ALICE),
+                "budget": {"limit_usd": 0.0004, "period": "daily", "action": "local", "alert_thresholds": [0.05, 0.5, 1.0]},
+            }
+        ],
     }
 }
 
@@ -113,7 +119,9 @@ def page_figures(page: Page) -> dict[str, float | None]:
 
 
 def page_budgets(page: Page) -> dict[str, tuple[float, str]]:
-    rows = page.evaluate("[...document.querySelectorAll('[data-budget]')].map(e => [e.dataset.budget, e.dataset.used, e.querySelector('[data-alerts]').dataset.alerts])")
+    rows = page.evaluate(
+        "[...document.querySelectorAll('[data-budget]')].map(e => [e.dataset.budget, e.dataset.used, e.querySelector('[data-alerts]').dataset.alerts])"
+    )
     return {name: (float(used), alerts) for name, used, alerts in rows}
 
 
@@ -216,7 +224,9 @@ def test_it_says_plainly_when_the_proxy_is_unreachable(browser: Browser, start_p
     expect(page.locator("#board")).to_be_visible()  # the last figures stay
 
 
-@pytest.mark.parametrize(("scheme", "viewport"), [("light", {"width": 1280, "height": 1700}), ("dark", {"width": 390, "height": 1900})], ids=["light-desktop", "dark-phone"])
+@pytest.mark.parametrize(
+    ("scheme", "viewport"), [("light", {"width": 1280, "height": 1700}), ("dark", {"width": 390, "height": 1900})], ids=["light-desktop", "dark-phone"]
+)
 def test_it_fits_a_phone_and_follows_dark_mode(browser: Browser, proxy: Proxy, tmp_path: Path, scheme: str, viewport: dict[str, int]) -> None:
     ask(proxy, SIMPLE)
     page = live(open_dashboard(browser, proxy, color_scheme=scheme, viewport=viewport))

@@ -15,8 +15,8 @@ import yaml
 
 from glm_saver.launcher.local_model import PREBUILT, Layout, cache_dir
 from glm_saver.launcher.local_server import ServeOptions
-from glm_saver.settings import settings_from_config
 from glm_saver.launcher.up import derive_config
+from glm_saver.settings import settings_from_config
 from tests.e2e.proxy import REPO, SHIPPED_CONFIG, free_port, stop_process, wait_for_http
 
 START_TIMEOUT = 120.0
@@ -59,7 +59,19 @@ class EmbeddedServer:
 
     def start(self) -> EmbeddedServer:
         installed_layout(self.server)
-        command = [sys.executable, "-m", "glm_saver.cli", "local-model", "serve", "--port", str(self.port), "--parallel", str(self.parallel), "--server", self.server]
+        command = [
+            sys.executable,
+            "-m",
+            "glm_saver.cli",
+            "local-model",
+            "serve",
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(self.parallel),
+            "--server",
+            self.server,
+        ]
         if self.threads:
             command += ["--threads", str(self.threads)]
         with self.log_path.open("ab") as log:

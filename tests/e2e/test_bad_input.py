@@ -69,9 +69,7 @@ INVALID: dict[str, tuple[bytes | dict[str, Any], tuple[str, ...]]] = {
 
 
 @pytest.mark.parametrize("name", list(INVALID))
-def test_invalid_input_is_a_clear_4xx_and_reaches_no_upstream(
-    proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, name: str
-) -> None:
+def test_invalid_input_is_a_clear_4xx_and_reaches_no_upstream(proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, name: str) -> None:
     body, words = INVALID[name]
     response = post(proxy, body)
     assert 400 <= response.status_code < 500, response.text
@@ -142,9 +140,7 @@ def broken_plugin_proxy(tmp_path_factory: pytest.TempPathFactory, local_upstream
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_a_plugin_exception_fails_open_to_plain_litellm_routing_never_a_500(
-    broken_plugin_proxy: Proxy, cerebras_upstream: FakeUpstream, stream: bool
-) -> None:
+def test_a_plugin_exception_fails_open_to_plain_litellm_routing_never_a_500(broken_plugin_proxy: Proxy, cerebras_upstream: FakeUpstream, stream: bool) -> None:
     response = post(broken_plugin_proxy, chat(stream=stream))
     assert response.status_code == 200, response.text
     assert "x-glm-saver-route" not in response.headers  # the plugin did not route it

@@ -251,9 +251,7 @@ def cost_of_one_cerebras_answer(cerebras_upstream: FakeUpstream) -> float:
     return answer.prompt_tokens * 2.25e-6 + answer.completion_tokens * 2.75e-6
 
 
-def test_a_stream_that_ends_without_done_still_delivers_its_text_once_in_the_books(
-    fault_proxy: Proxy, cerebras_upstream: FakeUpstream
-) -> None:
+def test_a_stream_that_ends_without_done_still_delivers_its_text_once_in_the_books(fault_proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:
     before = wait_for_requests(fault_proxy, 0)
     cerebras_upstream.inject("no_done")
     reply = chat(fault_proxy, COMPLEX, stream=True)

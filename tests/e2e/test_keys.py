@@ -94,7 +94,9 @@ def test_requests_are_booked_under_the_keys_alias(keyed_proxy: Proxy) -> None:
     assert _chat(keyed_proxy, {"authorization": f"Bearer {ALPHA}"}).status_code == 200
     # Booked by the log event after the response: poll for it.
     deadline = time.monotonic() + 20
-    while "alpha" not in (by_key := httpx.get(f"{keyed_proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]["by_key"]):
+    while "alpha" not in (
+        by_key := httpx.get(f"{keyed_proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]["by_key"]
+    ):
         assert time.monotonic() < deadline, f"alpha never booked: {sorted(by_key)}"
         time.sleep(0.05)
 

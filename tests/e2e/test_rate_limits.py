@@ -33,9 +33,7 @@ def client_for(proxy: Proxy) -> openai.OpenAI:
 
 def complex_chat(proxy: Proxy, *, stream: bool = False, model: str = "glm-saver", **params: Any) -> tuple[int, str, str, str]:
     """One complex ask; returns status, route header, reason header and the answer text."""
-    raw = client_for(proxy).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": COMPLEX}], stream=stream, **params
-    )
+    raw = client_for(proxy).chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": COMPLEX}], stream=stream, **params)
     parsed = raw.parse()
     text = "".join(c.choices[0].delta.content or "" for c in parsed if c.choices) if stream else parsed.choices[0].message.content
     return raw.status_code, raw.headers.get("x-glm-saver-route", ""), raw.headers.get("x-glm-saver-reason", ""), text
@@ -73,7 +71,9 @@ def test_max_tokens_for_cerebras_is_clamped_to_the_cap(proxy: Proxy, cerebras_up
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_429_is_answered_by_local_and_cerebras_rests_until_retry_after(proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, stream: bool) -> None:
+def test_429_is_answered_by_local_and_cerebras_rests_until_retry_after(
+    proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, stream: bool
+) -> None:
     cerebras_upstream.inject("429", retry_after=5)  # long enough for the checks below on a busy machine
     status, route, reason, text = complex_chat(proxy, stream=stream)
     assert (status, route, text) == (200, "local", "Hello from local.")

@@ -163,7 +163,9 @@ def test_reasoning_effort_of_the_client_wins_over_the_config_default(client: ope
     assert [request.body.get("reasoning_effort") for request in thinker.requests] == ["low", "high"]
 
 
-def test_an_answer_left_empty_by_reasoning_is_asked_again_with_room_and_the_client_gets_the_answer(proxy: Proxy, client: openai.OpenAI, thinker: FakeUpstream) -> None:
+def test_an_answer_left_empty_by_reasoning_is_asked_again_with_room_and_the_client_gets_the_answer(
+    proxy: Proxy, client: openai.OpenAI, thinker: FakeUpstream
+) -> None:
     before = books(proxy)
     small = THOUGHT_TOKENS - 2  # all of it goes on thinking
     raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(), max_tokens=small)
@@ -188,12 +190,15 @@ def test_an_answer_left_empty_at_the_clamp_is_a_502_that_says_why_not_an_empty_a
     assert len(thinker.requests) == 1
 
 
-
-def test_a_stream_left_empty_by_reasoning_ends_with_an_error_not_an_empty_answer_and_is_still_booked(proxy: Proxy, client: openai.OpenAI, thinker: FakeUpstream) -> None:
+def test_a_stream_left_empty_by_reasoning_ends_with_an_error_not_an_empty_answer_and_is_still_booked(
+    proxy: Proxy, client: openai.OpenAI, thinker: FakeUpstream
+) -> None:
     before = books(proxy)
     seen: list[Any] = []
     with pytest.raises(openai.APIError) as raised:
-        for chunk in client.chat.completions.create(model="glm-saver", messages=ask(), stream=True, stream_options={"include_usage": True}, max_tokens=THOUGHT_TOKENS - 2):
+        for chunk in client.chat.completions.create(
+            model="glm-saver", messages=ask(), stream=True, stream_options={"include_usage": True}, max_tokens=THOUGHT_TOKENS - 2
+        ):
             seen.append(chunk)
     assert "spent all of max_tokens on reasoning" in str(raised.value)
     deltas = [chunk.choices[0].delta for chunk in seen if chunk.choices]
@@ -203,6 +208,7 @@ def test_a_stream_left_empty_by_reasoning_ends_with_an_error_not_an_empty_answer
     (served,) = thinker.served
     after = books_after(proxy, before["totals"]["calls"] + 1)
     assert after["by_model"]["cerebras"]["completion_tokens"] - before["by_model"]["cerebras"]["completion_tokens"] == served.completion_tokens
+
 
 # ---- the cascade's verify with a reasoning model -----------------------------------------------
 
@@ -231,7 +237,9 @@ def verifier(thinker: FakeUpstream) -> FakeUpstream:
 
 
 @pytest.mark.parametrize(("text", "label", "answer"), [(UNSURE, "draft-verified", "Jupiter is the largest planet."), (WRONG, "draft-corrected", "12 * 7 = 84")])
-def test_the_verdict_is_read_from_the_content_not_from_the_reasoning(cascade: openai.OpenAI, verifier: FakeUpstream, text: str, label: str, answer: str) -> None:
+def test_the_verdict_is_read_from_the_content_not_from_the_reasoning(
+    cascade: openai.OpenAI, verifier: FakeUpstream, text: str, label: str, answer: str
+) -> None:
     raw = cascade.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(text))
     assert raw.headers["x-glm-saver-route"] == label
     assert raw.parse().choices[0].message.content == answer

@@ -21,7 +21,9 @@ def ask(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
-def chat(client: openai.OpenAI, messages: list[dict[str, Any]], *, stream: bool = False, headers: dict[str, str] | None = None, **params: Any) -> tuple[httpx.Headers, str, list[Any]]:
+def chat(
+    client: openai.OpenAI, messages: list[dict[str, Any]], *, stream: bool = False, headers: dict[str, str] | None = None, **params: Any
+) -> tuple[httpx.Headers, str, list[Any]]:
     """One chat call; returns the response headers, the answer text and (for streams) the chunks."""
     raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=messages, stream=stream, extra_headers=headers, **params)
     parsed = raw.parse()
@@ -85,7 +87,9 @@ def test_cline_request_streams_back_intact_with_tool_calls_and_usage(client: ope
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("fault", ["500", "503"])
-def test_cerebras_failure_is_answered_by_local(client: openai.OpenAI, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, fault: str, stream: bool) -> None:
+def test_cerebras_failure_is_answered_by_local(
+    client: openai.OpenAI, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, fault: str, stream: bool
+) -> None:
     cerebras_upstream.inject(fault)
     headers, text, _ = chat(client, ask(COMPLEX), stream=stream)
     assert text == "Hello from local."
@@ -149,7 +153,9 @@ def _post(proxy: Proxy, body: bytes | str, key: str | None = MASTER_KEY) -> http
     ],
     ids=["malformed-json", "unknown-model"],
 )
-def test_bad_requests_get_a_4xx_in_openai_shape_and_the_proxy_keeps_serving(proxy: Proxy, client: openai.OpenAI, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, body: bytes | str) -> None:
+def test_bad_requests_get_a_4xx_in_openai_shape_and_the_proxy_keeps_serving(
+    proxy: Proxy, client: openai.OpenAI, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, body: bytes | str
+) -> None:
     response = _post(proxy, body)
     assert 400 <= response.status_code < 500
     error = response.json()["error"]

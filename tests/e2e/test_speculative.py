@@ -153,7 +153,9 @@ STREAMS = pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"
 
 
 @STREAMS
-def test_confident_drafts_are_the_answer_without_a_cloud_call(parallel: Cascade, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, stream: bool) -> None:
+def test_confident_drafts_are_the_answer_without_a_cloud_call(
+    parallel: Cascade, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, stream: bool
+) -> None:
     reply = chat(parallel, SURE, stream=stream, max_tokens=5000)
     assert (reply.route, reply.text) == ("draft-accepted", "Paris.")
     assert reply.reason.startswith("confident: confidence 0.9") and "best of 3 drafts" in reply.reason
@@ -313,7 +315,9 @@ def test_stats_count_drafts_verifications_savings_and_attribute_internal_calls(p
     ("ask", "route", "text"),
     [(SURE, "draft-accepted", "Paris."), (UNSURE, "draft-verified", "Jupiter is the largest planet."), (WRONG, "draft-corrected", "12 * 7 = 84")],
 )
-def test_one_draft_is_accepted_verified_or_corrected_by_its_logprobs(sequential: Cascade, local_upstream: FakeUpstream, ask: str, route: str, text: str) -> None:
+def test_one_draft_is_accepted_verified_or_corrected_by_its_logprobs(
+    sequential: Cascade, local_upstream: FakeUpstream, ask: str, route: str, text: str
+) -> None:
     reply = chat(sequential, ask, stream=True)
     assert (reply.route, reply.text) == (route, text)
     [draft] = local_upstream.requests

@@ -51,7 +51,13 @@ def live(start_proxy: Callable[..., Proxy], scripted: None) -> Proxy:
     return start_proxy(
         glm_saver={
             "strategy": "parallel_speculative",
-            "speculative": {"max_concurrent_drafts": 2, "parallel_retry_seconds": 0, "commit_tokens": COMMIT, "keepalive_seconds": 0.2, "speculate_with_tools": True},
+            "speculative": {
+                "max_concurrent_drafts": 2,
+                "parallel_retry_seconds": 0,
+                "commit_tokens": COMMIT,
+                "keepalive_seconds": 0.2,
+                "speculate_with_tools": True,
+            },
         }
     )
 
@@ -67,13 +73,15 @@ class Tee(httpx.HTTPTransport):
         response = super().handle_request(request)
         inner = response.stream
 
+        raw = self.raw
+
         class Recorded(httpx.SyncByteStream):
-            def __iter__(self_inner) -> Iterator[bytes]:
+            def __iter__(self) -> Iterator[bytes]:
                 for part in inner:
-                    self.raw.extend(part)
+                    raw.extend(part)
                     yield part
 
-            def close(self_inner) -> None:
+            def close(self) -> None:
                 inner.close()
 
         response.stream = Recorded()
@@ -96,7 +104,9 @@ class Reader:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        client = openai.OpenAI(base_url=f"{self.proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60, http_client=httpx.Client(transport=self.tee, timeout=60))
+        client = openai.OpenAI(
+            base_url=f"{self.proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60, http_client=httpx.Client(transport=self.tee, timeout=60)
+        )
         self.thread = threading.Thread(target=self._read, args=(client,), daemon=True)
         self.thread.start()
 
@@ -111,7 +121,7 @@ class Reader:
                 if self.stop.is_set():
                     stream.close()  # the client hangs up mid-answer
                     return
-        except BaseException as err:  # noqa: BLE001  (reported to the test)
+        except BaseException as err:  # noqa: BLE001 - whatever failed is reported to the test
             self.error = err
 
     def finish(self) -> Reader:
@@ -152,7 +162,9 @@ def stats(proxy: Proxy) -> dict[str, Any]:
     return response.json()
 
 
-def test_a_trusted_prefix_reaches_the_client_while_the_draft_is_still_written(live: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> None:
+def test_a_trusted_prefix_reaches_the_client_while_the_draft_is_still_written(
+    live: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
     local_upstream.pause(after=COMMIT + 3)  # past the commit point, well before the end
     reader = Reader(live, ask(SURE_LONG))
     until(lambda: local_upstream.paused >= 1, what="a draft paused mid-answer")
@@ -202,7 +214,9 @@ def test_the_books_count_a_committed_draft_once_at_what_the_local_model_produced
     assert saved == pytest.approx(served.prompt_tokens * 2.25e-6 + served.completion_tokens * 2.75e-6, rel=1e-6)
 
 
-def test_an_unsure_prefix_goes_to_cerebras_live_and_the_drafts_are_cancelled(live: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> None:
+def test_an_unsure_prefix_goes_to_cerebras_live_and_the_drafts_are_cancelled(
+    live: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
     local_upstream.pause(after=COMMIT + 2)
     reader = Reader(live, ask(UNSURE_LONG)).finish()
     assert reader.headers is not None and reader.headers["x-glm-saver-route"] == "cloud"
@@ -214,7 +228,9 @@ def test_an_unsure_prefix_goes_to_cerebras_live_and_the_drafts_are_cancelled(liv
     until(lambda: [r.outcome for r in local_upstream.requests] == ["client_disconnected"] * 2, what="both drafts cancelled")
 
 
-def test_a_client_that_hangs_up_mid_answer_cancels_the_draft_and_only_what_it_got_is_booked(live: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> None:
+def test_a_client_that_hangs_up_mid_answer_cancels_the_draft_and_only_what_it_got_is_booked(
+    live: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
     def answers_booked() -> tuple[int, float]:
         row = stats(live)["books"]["by_route"].get("draft-accepted", {})
         return row.get("requests", 0), row.get("cloud_cost_usd", 0.0)

@@ -33,7 +33,9 @@ def test_fixed_strategies_route_everything_one_way(start_proxy: Callable[..., Pr
         ({"local_group": "ollama"}, "glm_saver.local_group: ollama not found in model_list"),
     ],
 )
-def test_bad_plugin_config_stops_startup_naming_the_key(tmp_path: Path, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, section: dict, named: str) -> None:
+def test_bad_plugin_config_stops_startup_naming_the_key(
+    tmp_path: Path, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, section: dict, named: str
+) -> None:
     config = proxy_config(local_upstream.url)
     config["glm_saver"] = section
     finished = run_proxy_until_exit(tmp_path, config, cerebras_upstream.url)

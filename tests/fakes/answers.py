@@ -292,10 +292,7 @@ def stream_chunks(answer: Answer, envelope: Envelope) -> tuple[list[dict[str, An
             if answer.logprobs and strings:
                 choice["logprobs"] = {"content": _logprob_entries(answer, strings)}
             body.append(_chunk(envelope, [choice]))
-    finish = [
-        _chunk(envelope, [{"index": i, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}])
-        for i in range(answer.n)
-    ]
+    finish = [_chunk(envelope, [{"index": i, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}]) for i in range(answer.n)]
     return body, finish
 
 

@@ -36,9 +36,7 @@ class _QuietIntendedAborts(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_QuietIntendedAborts())
 
 
-def error_body(
-    kind: str, message: str, type_: str, code: str | None, param: str | None = None
-) -> dict[str, Any]:
+def error_body(kind: str, message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
     """Cerebras puts the error fields at the top level; local servers (llama.cpp, vLLM, Ollama)
     nest them under ``error`` like OpenAI."""
     error = {"message": message, "type": type_, "param": param, "code": code}
@@ -220,17 +218,13 @@ class _Exchange:
     # -- sending --------------------------------------------------------------------------------
 
     async def _start(self, status: int, headers: dict[str, str]) -> None:
-        raw = [
-            (k.encode("latin-1"), v.encode("latin-1")) for k, v in {**headers, **self.rate_headers}.items()
-        ]
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in {**headers, **self.rate_headers}.items()]
         await self.send({"type": "http.response.start", "status": status, "headers": raw})
 
     async def _body(self, data: bytes) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def _last(
-        self, data: bytes, status: int, outcome: str, served: ServedAnswer | None = None
-    ) -> tuple[int, str]:
+    async def _last(self, data: bytes, status: int, outcome: str, served: ServedAnswer | None = None) -> tuple[int, str]:
         """Send the end of a response, settling the records first."""
         self.settle(status, outcome, served)
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
@@ -245,9 +239,7 @@ class _Exchange:
         served: ServedAnswer | None = None,
     ) -> tuple[int, str]:
         data = json.dumps(payload).encode()
-        await self._start(
-            status, {"content-type": "application/json", "content-length": str(len(data)), **(headers or {})}
-        )
+        await self._start(status, {"content-type": "application/json", "content-length": str(len(data)), **(headers or {})})
         return await self._last(data, status, outcome, served)
 
     async def _error(
@@ -261,9 +253,7 @@ class _Exchange:
         retry_after: int | None = None,
     ) -> tuple[int, str]:
         headers = {} if retry_after is None else {"retry-after": str(retry_after)}
-        return await self._json(
-            status, outcome, error_body(self.fake.kind, message, type_, code, param), headers
-        )
+        return await self._json(status, outcome, error_body(self.fake.kind, message, type_, code, param), headers)
 
     async def _fault_error(self, fault: Fault) -> tuple[int, str]:
         # Errors skip the quota but still report it, as every Cerebras response does.
@@ -281,13 +271,9 @@ class _Exchange:
                 retry_after=int(fault.params.get("retry_after", 1)),
             )
         if fault.mode == "500":
-            return await self._error(
-                500, outcome, "Internal server error", "server_error", "internal_server_error"
-            )
+            return await self._error(500, outcome, "Internal server error", "server_error", "internal_server_error")
         if fault.mode == "503":
-            return await self._error(
-                503, outcome, "Service unavailable", "server_error", "service_unavailable"
-            )
+            return await self._error(503, outcome, "Service unavailable", "server_error", "service_unavailable")
         # not_json: what a misconfigured gateway in front of the model may send with status 200.
         page = "<html><body>502 Bad Gateway</body></html>"
         if self.body.get("stream"):
@@ -324,9 +310,7 @@ class _Exchange:
             # Keep the role chunk and ``after_chunks`` more, by default about half of the content.
             keep = fault.params.get("after_chunks")
             opening = opening[: 1 + (int(keep) if keep is not None else max(1, (len(opening) - 1) // 2))]
-        await self._start(
-            200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
-        )
+        await self._start(200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
         for sent, chunk in enumerate(opening, start=1):
             if self.hangup.done():
                 return 200, "client_disconnected"

@@ -100,10 +100,7 @@ class RateLimiter:
                     "request_quota_exceeded",
                     "Requests per day limit exceeded - too many requests sent.",
                 )
-            if (
-                self.tokens_per_minute is not None
-                and self._minute.used + reservation > self.tokens_per_minute
-            ):
+            if self.tokens_per_minute is not None and self._minute.used + reservation > self.tokens_per_minute:
                 stats.requests_rejected += 1
                 return self._refusal(
                     now,
@@ -199,15 +196,11 @@ class RateLimiter:
         if self.requests_per_day is not None:
             left = self._seconds_left(self._day, self.day_seconds, now)
             headers["x-ratelimit-limit-requests-day"] = str(self.requests_per_day)
-            headers["x-ratelimit-remaining-requests-day"] = str(
-                max(self.requests_per_day - self._day.used, 0)
-            )
+            headers["x-ratelimit-remaining-requests-day"] = str(max(self.requests_per_day - self._day.used, 0))
             headers["x-ratelimit-reset-requests-day"] = f"{left:.2f}"
         if self.tokens_per_minute is not None:
             left = self._seconds_left(self._minute, self.window_seconds, now)
             headers["x-ratelimit-limit-tokens-minute"] = str(self.tokens_per_minute)
-            headers["x-ratelimit-remaining-tokens-minute"] = str(
-                max(self.tokens_per_minute - self._minute.used, 0)
-            )
+            headers["x-ratelimit-remaining-tokens-minute"] = str(max(self.tokens_per_minute - self._minute.used, 0))
             headers["x-ratelimit-reset-tokens-minute"] = f"{left:.2f}"
         return headers

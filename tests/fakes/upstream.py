@@ -179,13 +179,9 @@ class FakeUpstream:
             sock.close()
             raise
         self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off", http="h11", loop="asyncio"
-        )
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", http="h11", loop="asyncio")
         server = _Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-upstream-{self.slug}", daemon=True
-        )
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"fake-upstream-{self.slug}", daemon=True)
         thread.start()
         self._server, self._thread = server, thread
         self._wait_until_serving(server, thread)
@@ -420,9 +416,7 @@ class FakeUpstream:
         with self._cond:
             return dataclasses.replace(self._options)
 
-    def _begin_chat(
-        self, path: str, method: str, body: Any, headers: dict[str, str]
-    ) -> tuple[RecordedRequest, int]:
+    def _begin_chat(self, path: str, method: str, body: Any, headers: dict[str, str]) -> tuple[RecordedRequest, int]:
         record = RecordedRequest(path, method, body, headers)
         with self._cond:
             self._requests.append(record)
@@ -467,9 +461,7 @@ def create_app(fake: FakeUpstream) -> Starlette:
     """The ASGI app of ``fake``: OpenAI routes, /health, and the /_control/ API."""
 
     async def models(request: Request) -> JSONResponse:
-        fake._record_other(
-            RecordedRequest(request.url.path, request.method, None, dict(request.headers), 200, "ok")
-        )
+        fake._record_other(RecordedRequest(request.url.path, request.method, None, dict(request.headers), 200, "ok"))
         return JSONResponse(
             {
                 "object": "list",
@@ -482,19 +474,13 @@ def create_app(fake: FakeUpstream) -> Starlette:
 
     async def not_found(request: Request) -> JSONResponse:
         # Recorded so a test can see a client calling a route the fake does not have.
-        fake._record_other(
-            RecordedRequest(request.url.path, request.method, None, dict(request.headers), 404, "not_found")
-        )
-        body = error_body(
-            fake.kind, f"No route {request.method} {request.url.path}", "invalid_request_error", "not_found"
-        )
+        fake._record_other(RecordedRequest(request.url.path, request.method, None, dict(request.headers), 404, "not_found"))
+        body = error_body(fake.kind, f"No route {request.method} {request.url.path}", "invalid_request_error", "not_found")
         return JSONResponse(body, status_code=404)
 
     async def control_state(request: Request) -> JSONResponse:
         # ?records=0 for counters only
-        return JSONResponse(
-            fake.state(records=request.query_params.get("records", "1") not in ("0", "false"))
-        )
+        return JSONResponse(fake.state(records=request.query_params.get("records", "1") not in ("0", "false")))
 
     async def control_faults(request: Request) -> JSONResponse:
         data = await _json_object(request)

@@ -34,7 +34,9 @@ def known(remaining: int, **kwargs: object) -> Quota:
 
 
 def test_headers_are_parsed_as_floats_with_or_without_litellm_prefix() -> None:
-    parsed = HeaderReading.from_headers({"llm_provider-x-ratelimit-reset-tokens-minute": "11.38", "X-RateLimit-Remaining-Tokens-Minute": "500", "retry-after": "bogus"})
+    parsed = HeaderReading.from_headers(
+        {"llm_provider-x-ratelimit-reset-tokens-minute": "11.38", "X-RateLimit-Remaining-Tokens-Minute": "500", "retry-after": "bogus"}
+    )
     assert (parsed.tokens_reset, parsed.tokens_remaining, parsed.retry_after) == (11.38, 500, None)
 
 

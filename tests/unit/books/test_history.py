@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from glm_saver.books.history import BUCKET_SECONDS, RECENT_DECISIONS, History, Slot
 from glm_saver.books.ledger import FINAL, Charge
 from glm_saver.books.store import MemoryStore, SqliteStore
 from glm_saver.events import CallRecord
+
+T = TypeVar("T")
 
 START = 1_800_000_000.0 - 1_800_000_000.0 % 3600  # the start of an hour
 
@@ -22,7 +26,9 @@ class Clock:
 
 
 def charge(route: str = "local", group: str = "local", cost: float = 0.0, cloud_cost: float = 0.001, role: str = FINAL) -> Charge:
-    return Charge(group=group, route=route, strategy="smart_routing", key="alice", role=role, prompt_tokens=10, completion_tokens=5, cost=cost, cloud_cost=cloud_cost)
+    return Charge(
+        group=group, route=route, strategy="smart_routing", key="alice", role=role, prompt_tokens=10, completion_tokens=5, cost=cost, cloud_cost=cloud_cost
+    )
 
 
 def record(group: str = "local", reason: str | None = "classifier-simple", status: int | None = None, headers: dict | None = None) -> CallRecord:
@@ -30,7 +36,7 @@ def record(group: str = "local", reason: str | None = "classifier-simple", statu
     return CallRecord(group=group, tag=tag, internal=False, role=FINAL, caller="alice", ticket=None, headers=headers, status=status)
 
 
-def run(coroutine):  # type: ignore[no-untyped-def]
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 

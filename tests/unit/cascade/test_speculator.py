@@ -67,7 +67,9 @@ def test_a_tool_call_draft_is_shown_to_the_verifier_by_name_and_arguments() -> N
     assert 'call tool read_file with arguments {"path": "a.py"}' in sent[-1]["content"]
 
 
-@pytest.mark.parametrize(("text", "accepted"), [("ACCEPT", True), (" accept. ", True), ("**ACCEPTED**", True), ("ACCEPT, but 84 not 19", False), ("84", False), ("", False)])
+@pytest.mark.parametrize(
+    ("text", "accepted"), [("ACCEPT", True), (" accept. ", True), ("**ACCEPTED**", True), ("ACCEPT, but 84 not 19", False), ("84", False), ("", False)]
+)
 def test_only_a_bare_accept_accepts_the_draft(text: str, accepted: bool) -> None:
     assert is_acceptance(Draft(content=text)) is accepted
 
@@ -174,7 +176,14 @@ def _chained_connect_error() -> Exception:
 
 @pytest.mark.parametrize(
     ("error", "kind"),
-    [(TimeoutError(), "timeout"), (_Status(429), "rate-limited"), (_Status(503), "busy"), (_Status(500), "http-500"), (APIConnectionError("Connection error."), "unreachable"), (_chained_connect_error(), "unreachable")],
+    [
+        (TimeoutError(), "timeout"),
+        (_Status(429), "rate-limited"),
+        (_Status(503), "busy"),
+        (_Status(500), "http-500"),
+        (APIConnectionError("Connection error."), "unreachable"),
+        (_chained_connect_error(), "unreachable"),
+    ],
 )
 def test_failures_get_short_prompt_free_names(error: Exception, kind: str) -> None:
     assert failure_kind(error) == kind

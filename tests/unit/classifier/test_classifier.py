@@ -104,7 +104,9 @@ def test_custom_classifier_is_loaded_by_dotted_path() -> None:
     assert classifier.classify(ask("help")).label == "simple"
 
 
-@pytest.mark.parametrize("path", ["nodots", "tests.unit.classifier.test_classifier.Missing", "no_such_module.Thing", "tests.unit.classifier.test_classifier.ask_nothing"])
+@pytest.mark.parametrize(
+    "path", ["nodots", "tests.unit.classifier.test_classifier.Missing", "no_such_module.Thing", "tests.unit.classifier.test_classifier.ask_nothing"]
+)
 def test_bad_custom_classifier_path_is_a_config_error(path: str) -> None:
     with pytest.raises(ConfigError, match=r"glm_saver\.classifier\.custom"):
         build_classifier(ClassifierSettings(custom=path))

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from glm_saver.cli import main
+from glm_saver.cli.stats import proxy_key
 from glm_saver.launcher import local_server
 from glm_saver.launcher.local_model import (
     BUILT,
@@ -32,9 +33,8 @@ from glm_saver.launcher.local_model import (
 )
 from glm_saver.launcher.local_server import EMBEDDED_ALIAS, QA_STOP, QA_TEMPLATE, ServeOptions, server_command
 from glm_saver.launcher.serve_prebuilt import parse, server_params
-from glm_saver.cli.stats import proxy_key
-from glm_saver.settings import settings_from_config
 from glm_saver.launcher.up import derive_config, master_key
+from glm_saver.settings import settings_from_config
 from tests.e2e.proxy import SHIPPED_CONFIG
 
 
