@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from glm_saver.books import ledger as ledger_module
-from glm_saver.books.ledger import Ledger
+from glm_saver.books.ledger import Books, Ledger
 from glm_saver.books.store import MemoryStore, StoreUnavailable
 from glm_saver.events import CallRecord
 from glm_saver.settings import GlmSaverSettings
@@ -25,6 +25,7 @@ class SuspendingStore(MemoryStore[M]):
 
     def __init__(self, model: type[M]) -> None:
         super().__init__(model)
+        self.model = model
         self.down = False
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
@@ -68,7 +69,7 @@ def test_concurrent_answers_are_each_booked_once(tmp_path: Path, stores: list[Su
 
 def test_answers_given_while_the_store_is_down_are_booked_when_it_is_back(tmp_path: Path, stores: list[SuspendingStore[Any]]) -> None:
     ledger = _ledger(tmp_path)
-    books = stores[0]
+    (books,) = [store for store in stores if store.model is Books]
 
     async def outage() -> dict[str, Any]:
         books.down = True
