@@ -109,6 +109,10 @@ class RedisStore(Generic[M]):
         # The raw value last read or written per key: the first guess of the next update. One entry
         # per key (a budget, the quota), so it stays as small as the set of keys.
         self._seen: dict[str, str] = {}
+        # Updates of one key from this proxy go one at a time: each starts from the value the one
+        # before wrote and succeeds at once, where racing each other they would retry O(n^2) times
+        # (seen: 240 script calls per request at concurrency 16). Other proxies still race by CAS.
+        self._turns: dict[str, asyncio.Lock] = {}
 
     @property
     def client(self) -> Any:
@@ -128,6 +132,10 @@ class RedisStore(Generic[M]):
         return self._parse(raw)
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
+        async with self._turns.setdefault(key, asyncio.Lock()):
+            return await self._update(key, change)
+
+    async def _update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
         full_key = self._key(key)
         expected = self._seen.get(key, "")
         async with _reaching_redis():
