@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e import polling
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
 from tests.e2e.redis_server import running_redis
 from tests.fakes.answers import ReplyRule
@@ -77,14 +77,7 @@ def stats(proxy: Proxy) -> dict[str, Any]:
 
 
 def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll until `condition()` is truthy (a log event is written after the answer); return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {timeout}s"
-        time.sleep(0.05)
+    return polling.poll(condition, what, timeout)
 
 
 def cerebras_cost(prompt: int, completion: int) -> float:

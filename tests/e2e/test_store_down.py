@@ -8,7 +8,6 @@ and the books hold the requests answered while Redis was down.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e import polling
 from tests.e2e.proxy import MASTER_KEY, Proxy, free_port
 from tests.e2e.redis_server import running_redis
 from tests.fakes.upstream import FakeUpstream
@@ -42,13 +42,7 @@ def books(proxy: Proxy) -> dict[str, Any] | None:
 
 
 def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {timeout}s"
-        time.sleep(0.1)
+    return polling.poll(condition, what, timeout)
 
 
 def store_is_down(described: dict[str, Any]) -> bool:
