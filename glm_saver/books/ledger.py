@@ -126,7 +126,7 @@ class Ledger:
         self._books = build_tallies(lambda: build_store(Books, settings, config, namespace="books", sqlite_path=path), shared)
         groups = {settings.local_group, settings.cloud_group, *settings.entry_models}
         self._prices = {group: group_prices(config, group) for group in groups}
-        self.cloud_prices = group_prices(config, settings.cloud_group)
+        self.cloud_prices = self._prices[settings.cloud_group]
         self._settings = settings
         self._unbooked: deque[tuple[Charge, Ticket | None]] = deque(maxlen=MAX_UNBOOKED)
         self._retry: asyncio.Task[None] | None = None
@@ -136,7 +136,7 @@ class Ledger:
         return group in self._prices
 
     def prices_of(self, group: str) -> Prices:
-        return self._prices.get(group) or group_prices({}, group)
+        return self._prices.get(group) or Prices()  # a group not in model_list costs nothing we know of
 
     def charge_of(self, record: CallRecord) -> Charge:
         """The charge for one logged answer: a client's (planned by the plugin, or not) or internal."""
