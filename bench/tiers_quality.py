@@ -82,7 +82,7 @@ STRONG_PARTS = tuple(round(part, 2) for part in np.linspace(0.0, 1.0, 21))
 # Equal quality is taken at two-tier with this share of the prompts sent to the strong tier.
 REFERENCE_STRONG_SHARE = 0.5
 DEFAULT_OUTPUT_TOKENS = 1000
-LABEL, WIDTH = 42, 16
+LABEL, WIDTH = 42, 17
 
 
 @dataclass(frozen=True)
@@ -403,7 +403,7 @@ def report_rule(source: Source, choose: Chooser, rounds: int) -> None:
     saved = np.array([s.saved for s in samples])
     _row(
         "  share of the cost saved at Q",
-        f"{point.saved:>{WIDTH}.3f}  95% {_interval(saved)} (Q reached in {np.mean(~np.isnan(saved)):.0%} of {rounds} resamples)",
+        f"{_cells([point.saved])}  95% {_interval(saved)} (Q reached in {np.mean(~np.isnan(saved)):.0%} of {rounds} resamples)",
     )
 
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.tiers_quality import LOCAL, STRONG, Tiers, banded, best_part, oracle
+from bench.tiers_quality import BUDGETS, LOCAL, STRONG, Rule, Tiers, banded, best_part, figures, fixed, oracle
 
 # Two prompts; rows are the tiers local, cheap, strong. Prompt 0 needs more than local and the cheap
 # tier is enough for it; on prompt 1 the cheap tier is no better than local and only strong helps.
@@ -91,3 +91,16 @@ def test_the_best_part_never_is_one_that_cannot_reach_the_target() -> None:
 
 def test_relative_costs_count_in_always_strong_units() -> None:
     assert TIERS.relative().cost.tolist() == [[0.0, 0.0], [0.25, 0.25], [1.0, 1.0]]
+
+
+def test_three_tiers_against_two_at_equal_cost_and_the_cost_saved_at_equal_quality() -> None:
+    # Relative to always-strong, cheap costs 0.25 a prompt. Two-tier: cost 0, 0.5, 1 for quality
+    # 0.25, 0.75, 1; all cheap: cost 0, 0.125, 0.25 for quality 0.25, 0.75, 0.75.
+    assert BUDGETS == (0.1, 0.2, 0.3, 0.5, 0.7)
+    result = figures(PROMPT_0_FIRST, TIERS, fixed(Rule("all cheap", [0.0] * 5, 0.0)))
+    assert result.two_tier.tolist() == pytest.approx([0.35, 0.45, 0.55, 0.75, 0.85])
+    assert result.three_tier.tolist() == pytest.approx([0.65, 0.75, 0.75, 0.75, 0.75])
+    # Q is two-tier's quality with half the prompts strong: 0.75 for 0.5; all cheap gets it for 0.125
+    assert result.reference_cost == pytest.approx(0.5)
+    assert result.three_tier_cost == pytest.approx(0.125)
+    assert result.saved == pytest.approx(0.75)
