@@ -74,7 +74,6 @@ from glm_saver.request import prompt_tokens
 from training.datasets import EVALUATION_ONLY, PREFERENCES_DIR, _informative_models
 
 LOCAL, CHEAP, STRONG = 0, 1, 2
-TIER_NAMES = ("local", "cheap", "strong")
 # Cost budgets, as a share of what sending every prompt to the strong tier costs.
 BUDGETS = (0.1, 0.2, 0.3, 0.5, 0.7)
 # Strong parts of the paid band tried (1.0: two tiers).
