@@ -6,6 +6,11 @@ HOME, configured by its own `cline auth`. Both fakes answer Cline's first reques
 says `finishReason: completed` after that call. What the fakes received shows where Cline's request
 went (and which drafts were cancelled); `/stats` shows the route the plugin took. A missing Cline
 fails these tests, it never skips them.
+
+Keep-alives: a draft stalled before or after the commit point, or a verify Cerebras holds back,
+makes the stream send `: keep-alive` comments. A TCP relay between the client and the proxy shows
+them on the client's socket (client libraries hide comments); Cline and the official OpenAI client
+must complete through them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import pytest
 from tests.e2e.polling import poll
 from tests.e2e.proxy import MASTER_KEY, REPO, Proxy
 from tests.e2e.relay import Relay
+from tests.fakes.answers import ReplyRule
 from tests.fakes.upstream import FakeUpstream
 
 CLINE_PREFIX = REPO / ".cline-cli"  # where .ci/run installs it (npm install --prefix)
@@ -295,3 +301,29 @@ def test_the_openai_client_completes_through_keep_alive_comments_of_a_stalled_dr
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert not cerebras_upstream.requests
     assert_route_told(relay.received, stall)
+
+
+def test_the_openai_client_completes_through_keep_alive_comments_while_cerebras_verifies_a_draft(
+    parallel: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
+    # A short draft, finished within the commit point, unsure enough for the verify band
+    # (agreement 1.00 but token-prob 0.14): it waits on Cerebras, which holds its answer back.
+    saved = (local_upstream.options.replies, cerebras_upstream.options.replies)
+    local_upstream.configure(replies=[ReplyRule("Is 2 + 2 four", "Yes", -2.0)])
+    cerebras_upstream.configure(replies=[ReplyRule("<draft>", "ACCEPT")])
+    cerebras_upstream.hold()
+    try:
+        with Relay(parallel.port) as relay:
+            client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=WAIT)
+            stream = client.chat.completions.create(model="glm-saver", messages=[{"role": "user", "content": "Is 2 + 2 four?"}], stream=True)
+            poll(lambda: cerebras_upstream.in_flight >= 1, "the verify call at cerebras", WAIT)
+            poll(lambda: relay.received.count(b": keep-alive\n\n") >= 2, "keep-alive comments while cerebras verifies", WAIT)
+            cerebras_upstream.release()
+            text = "".join(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
+    finally:
+        local_upstream.configure(replies=saved[0])
+        cerebras_upstream.configure(replies=saved[1])
+    assert text == "Yes"
+    [verify] = cerebras_upstream.requests
+    assert "<draft>\nYes\n</draft>" in verify.body["messages"][-1]["content"]
+    assert routes_on_the_wire(relay.received) == (["cascade"], ["draft-verified"])
