@@ -22,17 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+logger = logging.getLogger(__name__)
 
 # An SSE comment: clients skip it, proxies and clients see a live connection.
 KEEPALIVE = b": keep-alive\n\n"
@@ -65,7 +61,7 @@ class Wire:
         async with self._lock:
             if self._started:
                 return
-            extra = tuple((name.lower().encode("latin-1"), _plain(value).encode("latin-1")) for name, value in headers.items())
+            extra = tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items())
             await self._send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]})
             self._opened = True
         logger.info("glm_saver: the cascade was still deciding after %.1fs; the stream opened with keep-alives", open_after)
@@ -124,12 +120,9 @@ def hold_open(headers: Mapping[str, str], open_after: float, every: float) -> No
         wire.hold(headers, open_after, every)
 
 
-def _plain(value: str) -> str:
-    return value.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
-
-
 def _header_comments(start: Message) -> bytes:
-    lines = [f": {name.decode('latin-1')}: {_plain(value.decode('latin-1'))}\n" for name, value in start.get("headers") or [] if name.lower() in _REPEATED]
+    # Header values hold no line breaks (HTTP forbids them), so each is one comment line.
+    lines = [f": {name.decode('latin-1')}: {value.decode('latin-1')}\n" for name, value in start.get("headers") or [] if name.lower() in _REPEATED]
     return ("".join(lines) + "\n").encode() if lines else b""
 
 
