@@ -174,6 +174,11 @@ class SpeculativeSettings(_Strict):
     keepalive_seconds: float = Field(
         default=5.0, gt=0, description="streamed requests: an SSE comment after this long without a chunk, so clients and proxies do not time out"
     )
+    open_after_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="streamed requests: a cascade still deciding after this long opens the response (route header `cascade`) and sends keep-alives",
+    )
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> SpeculativeSettings:
