@@ -3,8 +3,8 @@
     python bench/routing_quality.py [--bootstrap 1000] [--rounds 2000]
 
 Each source is held out in turn. The new router is refitted by training/train_scorer.py on the
-other shippable sources only (ridge and blend chosen by leave-one-source-out among *those*), never
-tuned on the held-out one; then every router ranks the held-out asks:
+other shippable sources only (ridge, blend and kind weight chosen by leave-one-source-out among
+*those*), never tuned on the held-out one; then every router ranks the held-out asks:
 - MMLU with per-model correctness (test split; Mixtral local, GPT-4 cloud);
 - mmlu-math: MMLU's mathematics, statistics and physics subjects (training/datasets.py
   MATH_SUBJECTS, every split: often word problems with correctness labels, the proxy for GSM8K-like
