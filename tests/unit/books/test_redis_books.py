@@ -209,3 +209,25 @@ def test_the_redis_history_shows_what_the_slot_history_shows(redis_url: str) -> 
         money = ("cost_usd", "cloud_cost_usd", "savings_usd")
         assert {k: v for k, v in mine.items() if k not in money} == {k: v for k, v in theirs.items() if k not in money}
         assert [mine[k] for k in money] == pytest.approx([theirs[k] for k in money])
+
+
+def test_updates_of_one_key_waiting_for_their_turn_go_in_one_write(redis_url: str) -> None:
+    """Ten answers changing the same document at once: every change kept, in one round trip."""
+
+    async def run() -> tuple[int, int, list[int]]:
+        store = RedisStore(Books, redis_url, "books")
+        await store.update("doc", _add)  # loads the script
+        counter = redis.Redis.from_url(redis_url)
+        before = _reads(counter)
+
+        def add_and_count(books: Books) -> tuple[Books, int]:
+            books.add(CHARGE)
+            return books, books.totals.requests
+
+        counts = await asyncio.gather(*(store.update("doc", add_and_count) for _ in range(10)))
+        trips = _reads(counter) - before - 1  # the second INFO is read too
+        return trips, (await store.read("doc")).totals.requests, counts
+
+    trips, requests, counts = asyncio.run(run())
+    assert (trips, requests) == (1, 11)
+    assert counts == list(range(2, 12))  # each change saw the ones before it
