@@ -266,21 +266,19 @@ class RedisStore(Generic[M]):
 
     async def _commit(self, key: str) -> None:
         """Turn after turn, every change waiting for `key`, in the order they came, in one write."""
-        async with self._turns.setdefault(key, asyncio.Lock()):
-            while batch := self._waiting[key]:
-                self._waiting[key] = []
-                try:
-                    results = await self._update_all([key], lambda values: _apply_in_turn(values[0], [change for change, _ in batch]))
-                except Exception as err:  # noqa: BLE001 - StoreUnavailable (or a bug): every waiting caller hears of it
-                    results = [_Failed(err)] * len(batch)
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():  # its caller gave up waiting
-                        continue
-                    if isinstance(result, _Failed):
-                        future.set_exception(result.error)
-                    else:
-                        future.set_result(result)
-            del self._waiting[key]
+        batch: list[tuple[Callable[[M], tuple[M, Any]], asyncio.Future[Any]]] = []
+        try:
+            async with self._turns.setdefault(key, asyncio.Lock()):
+                while batch := self._waiting[key]:
+                    self._waiting[key] = []
+                    try:
+                        results = await self._update_all([key], lambda values: _apply_in_turn(values[0], [change for change, _ in batch]))
+                    except Exception as err:  # noqa: BLE001 - StoreUnavailable (or a bug): every waiting caller hears of it
+                        results = [_Failed(err)] * len(batch)
+                    _answer(batch, results)
+        finally:  # also when the loop cancels this turn: no caller is left waiting for a turn that never comes
+            stranded = batch + self._waiting.pop(key, [])
+            _answer(stranded, [_Failed(StoreUnavailable(f"redis: the update of {self._key(key)} was interrupted"))] * len(stranded))
 
     async def update_all(self, keys: Sequence[str], change: Callable[[list[M]], tuple[list[M], R]]) -> R:
         async with contextlib.AsyncExitStack() as turns:
@@ -311,6 +309,16 @@ _CAS_SCRIPT = LinkScript(_COMPARE_AND_SET)
 @dataclasses.dataclass(frozen=True)
 class _Failed:
     error: Exception
+
+
+def _answer(callers: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, future), result in zip(callers, results, strict=True):
+        if future.done():  # answered already, or its caller gave up waiting
+            continue
+        if isinstance(result, _Failed):
+            future.set_exception(result.error)
+        else:
+            future.set_result(result)
 
 
 def _apply_in_turn(value: M, changes: list[Callable[[M], tuple[M, Any]]]) -> tuple[list[M], list[Any]]:
