@@ -9,7 +9,9 @@ first), so machine noise hits them alike; the figures that matter are the ratios
   sends, a pipeline or a script call being one) and the commands behind them (`INFO commandstats`,
   commands run inside scripts included), for the bench's ask (routed local) and for asks routed to
   Cerebras;
-- two plugin proxies on one Redis, loaded at once: their combined throughput against one alone.
+- two plugin proxies on one Redis, loaded at once: their combined throughput against one alone;
+- the CPU time the proxy's process spends per request, plugin against plain: unlike the wall-clock
+  figures it hardly moves with what else the machine runs.
 
     python bench/overhead.py [--rounds 5] [--requests 150] [--concurrency 16]
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -165,8 +168,17 @@ def start_all(proxies: list[tuple[Proxy, dict[str, Any]]]) -> None:
         raise errors[0]
 
 
+def cpu_seconds(proxy: Proxy) -> float:
+    """CPU time the proxy's process has used so far (user + system): what a request costs it,
+    whatever else the machine is running."""
+    assert proxy.process is not None
+    fields = Path(f"/proc/{proxy.process.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(results: dict[str, dict[str, list[float]]], concurrency: int) -> None:
     plain_rps = statistics.median(results["plain"]["rps"])
+    plain_cpu = statistics.median(results["plain"]["cpu"])
     plain = results["plain"]["lat1"]
     for name, label in (("sqlite", "state: sqlite (default)"), ("redis", "state: redis")):
         rps, lat = statistics.median(results[name]["rps"]), results[name]["lat1"]
@@ -178,6 +190,10 @@ def report(results: dict[str, dict[str, list[float]]], concurrency: int) -> None
             f"  latency at concurrency 1 ({len(lat)} requests each): p50 plugin {p50:.2f} ms, plain {plain_p50:.2f} ms, ratio {p50 / plain_p50:.3f}, added {p50 - plain_p50:+.2f} ms"
         )
         print(f"                                         p99 plugin {p99:.2f} ms, plain {plain_p99:.2f} ms, ratio {p99 / plain_p99:.3f}")
+        cpu = statistics.median(results[name]["cpu"])
+        print(
+            f"  proxy CPU per request (load-independent): plugin {cpu * 1000:.2f} ms, plain {plain_cpu * 1000:.2f} ms, ratio {cpu / plain_cpu:.3f}, added {(cpu - plain_cpu) * 1000:+.2f} ms"
+        )
 
 
 def main() -> None:
@@ -197,7 +213,7 @@ def main() -> None:
     plain = proxy_config(fake_url)
     plain["litellm_settings"]["callbacks"] = ["prometheus"]  # everything but the plugin
     plain.pop("glm_saver")
-    results: dict[str, dict[str, list[float]]] = {name: {"rps": [], "lat1": []} for name in ("plain", "sqlite", "redis")}
+    results: dict[str, dict[str, list[float]]] = {name: {"rps": [], "lat1": [], "cpu": []} for name in ("plain", "sqlite", "redis")}
     one_alone: list[float] = []
     two_at_once: list[float] = []
     (work / "redis-data").mkdir()
@@ -221,15 +237,17 @@ def main() -> None:
                 for name in order:
                     url, model = targets[name]
 
-                    def passes(url: str = url, model: str = model) -> tuple[float, list[float]]:
+                    def passes(url: str = url, model: str = model, name: str = name) -> tuple[float, list[float], float]:
+                        cpu = cpu_seconds(proxies[name])
                         rps, _ = asyncio.run(one_pass(url, model, args.requests, args.concurrency))
                         _, single = asyncio.run(one_pass(url, model, args.latency_requests, 1))
-                        return rps, single
+                        return rps, single, (cpu_seconds(proxies[name]) - cpu) / (args.requests + args.latency_requests)
 
-                    rps, single = counter.measure(passes) if name == "redis" and round_ > 0 else passes()
+                    rps, single, cpu = counter.measure(passes) if name == "redis" and round_ > 0 else passes()
                     if round_ > 0:  # the first round warms every proxy up
                         results[name]["rps"].append(rps)
                         results[name]["lat1"].extend(single)
+                        results[name]["cpu"].append(cpu)
                         measured += (args.requests + args.latency_requests) * (name == "redis")
                 pair = [targets["redis"], (proxies["redis-b"].url, "glm-saver")]
                 alone = run_at_once(pair[:1], args.requests, args.concurrency)

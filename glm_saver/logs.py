@@ -6,10 +6,12 @@ children) passes `RedactSecrets` first, so a key that slips into a message, its 
 traceback is written as `[REDACTED]`. Prompt and answer text is never logged by the plugin; the
 filter cannot recognise it, so that rule is kept by the callers (and checked by the e2e tests).
 
-Nothing is written on the caller's thread: the logger's one handler puts records on a queue, and a
-`QueueListener` thread redacts, formats and writes them (file and console), so a slow disk or a
-full pipe never stalls the proxy's event loop. `flush()` on that handler waits until every record
-queued so far is written, and the listener drains the queue at exit.
+Nothing is written on the caller's thread: the logger's one handler appends records to a queue,
+and a writer thread redacts, formats and writes them (file and console), so a slow disk or a full
+pipe never stalls the proxy's event loop. The writer wakes every DRAIN_SECONDS rather than for each
+record: waking a thread per routing decision cost the loop a thread switch per request. `flush()`
+on that handler waits until every record queued so far is written, and the writer drains the queue
+at exit.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import re
 import sys
+import threading
+from collections import deque
 from collections.abc import Iterable, Mapping
-from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
+from logging.handlers import QueueHandler, RotatingFileHandler
 from pathlib import Path
 
 from glm_saver.settings import LoggingSettings
@@ -37,6 +40,8 @@ MIN_SECRET_LENGTH = 8
 # Records waiting for the writer thread. A disk that stalls this long drops records (counted in
 # `BackgroundHandler.dropped`) rather than growing the proxy's memory without bound.
 MAX_QUEUED_RECORDS = 10_000
+# How long a record may wait for the writer thread (a flush or the exit does not wait for this).
+DRAIN_SECONDS = 0.2
 
 _PATTERNS = (
     # Authorization: Bearer <token>
@@ -103,41 +108,64 @@ def _handlers(settings: LoggingSettings, config_dir: str | Path) -> list[logging
 
 
 class BackgroundHandler(QueueHandler):
-    """Queues records for a listener thread that writes them; `flush` waits until they are written."""
+    """Queues records for a writer thread that writes them; `flush` waits until they are written."""
 
     def __init__(self, targets: list[logging.Handler]) -> None:
-        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(MAX_QUEUED_RECORDS)
-        super().__init__(self._queue)
+        # Records, and the markers a flush (an Event to set) or the exit (None) leaves behind them.
+        self._pending: deque[logging.LogRecord | threading.Event | None] = deque()
+        super().__init__(self._pending)  # type: ignore[arg-type]  # only enqueue, overridden below, touches it
         self.targets = targets
         self.dropped = 0
-        self.listener = QueueListener(self._queue, *targets, respect_handler_level=True)
-        # Stopping waits for room in a full queue rather than failing at exit.
-        self.listener.enqueue_sentinel = lambda: self._queue.put(None)  # type: ignore[method-assign]  # the stdlib hook for this is an override
-        self.listener.start()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = threading.Thread(target=self._write_until_stopped, name="glm-saver-log", daemon=True)
+        self._writer.start()
         atexit.register(self.close)
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if len(self._pending) >= MAX_QUEUED_RECORDS:
             self.dropped += 1
+            return
+        self._pending.append(record)  # no wake-up: the writer comes round within DRAIN_SECONDS
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         prepared: logging.LogRecord = super().prepare(record)  # message, arguments and traceback become one text
         prepared.stack_info = None  # already part of that text
         return prepared
 
+    def _write_until_stopped(self) -> None:
+        while True:
+            self._wake.wait(DRAIN_SECONDS)
+            self._wake.clear()
+            while self._pending:
+                item = self._pending.popleft()
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                for target in self.targets:
+                    if item.levelno >= target.level:
+                        target.handle(item)
+
+    def _wait_for(self, marker: threading.Event | None) -> None:
+        self._pending.append(marker)
+        self._wake.set()
+
     def flush(self) -> None:
-        if self.listener._thread is not None:
-            self._queue.join()
+        if self._writer is not None and self._writer.is_alive():
+            written = threading.Event()
+            self._wait_for(written)
+            written.wait()
         for target in self.targets:
             target.flush()
 
     def close(self) -> None:
         """Write what is queued, stop the thread, close the files (idempotent)."""
         atexit.unregister(self.close)
-        if self.listener._thread is not None:
-            self.listener.stop()
+        if self._writer is not None:
+            self._wait_for(None)
+            self._writer.join()
+            self._writer = None
         for target in self.targets:
             target.close()
         super().close()

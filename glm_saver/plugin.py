@@ -10,6 +10,7 @@ pre-call hook fails open to plain LiteLLM routing, which the deployment gate sti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -109,7 +110,8 @@ class GlmSaver(CustomLogger):
             self.headroom = CloudHeadroom(build_store(Quota, settings, config, namespace="quota"), settings.rate_limits, key=settings.cloud_group)
         self.ledger = Ledger(settings, config, config_dir or Path.cwd())
         history_store = build_store(Slot, settings, config, namespace="history", sqlite_path=(config_dir or Path.cwd()) / settings.sqlite_path)
-        self.history = History(history_store, settings.history_minutes, settings.local_group)
+        # On Redis the history is counters every proxy increments, over the books' link.
+        self.history = History(getattr(history_store, "link", history_store), settings.history_minutes, settings.local_group)
         self.gate = CloudGate(self.headroom, self.ledger.budgets, self.ledger.prices_of, settings.rate_limits)
         self.speculator = Speculator(settings, config, cloud_exhausted=self._cloud_unavailable, cloud_gate=self.gate)
         self.live = LiveAnswers(settings.speculative.draft_timeout)  # committed drafts awaiting their stream
@@ -352,10 +354,14 @@ class GlmSaver(CustomLogger):
 
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_success(kwargs, response_obj)
-        await self._observe_cloud(record)
-        if self.ledger.keeps(record.group):
-            await self.ledger.record(record)
-        await self.history.observe(record, self.ledger.charge_of(record) if self.ledger.keeps(record.group) else None)
+        kept = self.ledger.keeps(record.group)
+        # Side by side: on Redis the headroom, the books, the budgets and the history of one answer
+        # go in one round trip.
+        await asyncio.gather(
+            self._observe_cloud(record),
+            self.ledger.record(record) if kept else _nothing(),
+            self.history.observe(record, self.ledger.charge_of(record) if kept else None),
+        )
         if record.tag is None:
             return
         answered = self._route_of_group(record.group) or str(record.group)
@@ -376,18 +382,20 @@ class GlmSaver(CustomLogger):
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_failure(kwargs)
-        await self._observe_cloud(record)
-        await self.history.observe(record, None)
-        if record.ticket is not None:
-            try:
-                await self.ledger.budgets.release(record.ticket.key, record.ticket.id)
-            except StoreUnavailable as err:
-                logger.error("glm_saver: a failed call's budget hold was not released: %s (it expires on its own)", err)
+        await asyncio.gather(self._observe_cloud(record), self.history.observe(record, None), self._release_holds(record))
         if record.tag is None:
             return
         what = "resting" if record.status == 429 and record.headers is None else str(record.status or record.error)
         self.stats.record_failure(self._route_of_group(record.group) or str(record.group), what)
         logger.warning("glm_saver: %s failed with %s; LiteLLM falls back if it can", record.group, record.status or record.error)
+
+    async def _release_holds(self, record: CallRecord) -> None:
+        if record.ticket is None:
+            return
+        try:
+            await self.ledger.budgets.release(record.ticket.key, record.ticket.id)
+        except StoreUnavailable as err:
+            logger.error("glm_saver: a failed call's budget hold was not released: %s (it expires on its own)", err)
 
     async def _observe_cloud(self, record: CallRecord) -> None:
         """Fold Cerebras' rate-limit headers into the headroom and release the call's reservation."""
@@ -448,6 +456,10 @@ class GlmSaver(CustomLogger):
             "history": history,
             "recent_decisions": self.history.recent(),
         }
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _ticketed(request_kwargs: Mapping[str, Any] | None, group: str) -> bool:

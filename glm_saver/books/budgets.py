@@ -137,22 +137,30 @@ class BudgetBook:
         return named
 
     async def hold(self, key: str, ticket: str, amount: float) -> BudgetRefusal | None:
-        """Hold a request's worst-case cost on every budget of the key, or on none of them."""
+        """Hold a request's worst-case cost on every budget of the key, or on none of them (one
+        atomic update of all of them: one round trip on Redis)."""
         now = self._clock()
-        taken: list[tuple[str, BudgetSettings]] = []
-        for name, budget in self.budgets_of(key):
+        named = self.budgets_of(key)
+        if not named:
+            return None
 
-            def change(use: BudgetUse, budget: BudgetSettings = budget) -> tuple[BudgetUse, tuple[BudgetUse, list[float] | None]]:
+        def change(uses: list[BudgetUse]) -> tuple[list[BudgetUse], tuple[int, BudgetUse, list[float]] | None]:
+            held: list[BudgetUse] = []
+            for index, ((_, budget), use) in enumerate(zip(named, uses, strict=True)):
                 updated, crossed = hold(use, budget, ticket, amount, now)
-                return updated, (updated, crossed)
+                if crossed is not None:  # refused: nothing held anywhere, the refusing budget's alerts kept
+                    untouched = [current(earlier, named[i][1], now) for i, earlier in enumerate(uses[:index])]
+                    return [*untouched, updated, *uses[index + 1 :]], (index, updated, crossed)
+                held.append(updated)
+            return held, None
 
-            use, crossed = await self._store.update(name, change)
-            if crossed is not None:
-                await self._release(taken, ticket, now)
-                self._alert([Alert(name, t, use.spent_usd, budget.limit_usd, budget.period, use.period_start) for t in crossed])
-                return BudgetRefusal(name, budget, use, amount)
-            taken.append((name, budget))
-        return None
+        refused = await self._store.update_all([name for name, _ in named], change)
+        if refused is None:
+            return None
+        index, use, crossed = refused
+        name, budget = named[index]
+        self._alert([Alert(name, t, use.spent_usd, budget.limit_usd, budget.period, use.period_start) for t in crossed])
+        return BudgetRefusal(name, budget, use, amount)
 
     def _alert(self, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -160,38 +168,42 @@ class BudgetBook:
 
     async def release(self, key: str, ticket: str) -> None:
         """A request that failed: what it held is free again."""
-        await self._release(self.budgets_of(key), ticket, self._clock())
-
-    async def _release(self, budgets: list[tuple[str, BudgetSettings]], ticket: str, now: float) -> None:
-        for name, budget in budgets:
-
-            def freed(use: BudgetUse, budget: BudgetSettings = budget) -> tuple[BudgetUse, None]:
-                return release(use, budget, ticket, now), None
-
-            await self._store.update(name, freed)
+        now = self._clock()
+        named = self.budgets_of(key)
+        if named:
+            await self._store.update_all(
+                [name for name, _ in named], lambda uses: ([release(use, b, ticket, now) for (_, b), use in zip(named, uses, strict=True)], None)
+            )
 
     async def charge(self, key: str, amount: float, ticket: str | None = None) -> list[Alert]:
         """Add spend to every budget the key is under (releasing the request's holds); delivers and
         returns the alerts this spend set off."""
         now = self._clock()
+        named = self.budgets_of(key)
+        if not named:
+            return []
+
+        def change(uses: list[BudgetUse]) -> tuple[list[BudgetUse], list[tuple[BudgetUse, list[float]]]]:
+            spent = [spend(use, budget, amount, now, ticket) for (_, budget), use in zip(named, uses, strict=True)]
+            return [use for use, _ in spent], spent
+
         alerts: list[Alert] = []
-        for name, budget in self.budgets_of(key):
-
-            def change(use: BudgetUse, budget: BudgetSettings = budget) -> tuple[BudgetUse, tuple[BudgetUse, list[float]]]:
-                updated, crossed = spend(use, budget, amount, now, ticket)
-                return updated, (updated, crossed)
-
-            use, crossed = await self._store.update(name, change)
+        for (name, budget), (use, crossed) in zip(named, await self._store.update_all([name for name, _ in named], change), strict=True):
             alerts += [Alert(name, t, use.spent_usd, budget.limit_usd, budget.period, use.period_start) for t in crossed]
             metrics.BUDGET_USED.labels(budget=name).set(use.spent_usd / budget.limit_usd)
         self._alert(alerts)
         return alerts
 
     async def exhausted(self, key: str) -> tuple[str, BudgetSettings, BudgetUse] | None:
-        """The first budget of the key that is spent in its current period, if any."""
+        """The first budget of the key that is spent in its current period, if any (read together:
+        one round trip on Redis)."""
         now = self._clock()
-        for name, budget in self.budgets_of(key):
-            use = current(await self._store.read(name), budget, now)
+        named = self.budgets_of(key)
+        if not named:
+            return None
+        uses = await asyncio.gather(*(self._store.read(name) for name, _ in named))
+        for (name, budget), stored in zip(named, uses, strict=True):
+            use = current(stored, budget, now)
             if use.spent_usd >= budget.limit_usd:
                 return name, budget, use
         return None

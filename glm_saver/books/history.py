@@ -5,10 +5,14 @@ draft), what they cost and what always-Cerebras would have cost, tokens, failure
 buckets live in the same store as the books (memory, SQLite or Redis), so the charts survive a
 restart with SQLite and agree across proxies on Redis.
 
-Bounded without ever deleting a key: an hour of buckets is one value, kept in one of a fixed ring
-of slots (`slot:<hour % slots>`); a slot whose hour has passed out of the window is overwritten
-when its turn comes again, and reads drop every bucket older than the window. One event is one
-`update` of one slot (one round trip on Redis); a read is one `read` per slot.
+In memory and SQLite, bounded without ever deleting a key: an hour of buckets is one value, kept in
+one of a fixed ring of slots (`slot:<hour % slots>`); a slot whose hour has passed out of the
+window is overwritten when its turn comes again, and reads drop every bucket older than the
+window. On Redis an hour is a hash of counters (`<minute> <counter>` fields) that every proxy
+increments (HINCRBY / HINCRBYFLOAT in one script call, no compare-and-set, so proxies never race
+and an event never sends the hour's buckets over the wire); the hash expires once its hour has left
+the window. One event is one update (one script call); a read is one read per hour of the window,
+sent together.
 
 Recent decisions are a bounded ring in memory (per proxy): time, key alias, route, reason, tokens,
 cost. Nothing of a request's content is kept, nor any key: only the alias or label the books use.
@@ -16,18 +20,19 @@ cost. Nothing of a request's content is kept, nor any key: only the alias or lab
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from glm_saver.books.ledger import FINAL
-from glm_saver.books.store import Store, StoreUnavailable
+from glm_saver.books.store import REDIS_KEY_PREFIX, LinkScript, RedisLink, Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from glm_saver.books.ledger import Charge
@@ -74,39 +79,121 @@ def path_of(route: str, answered: str | None, local_group: str) -> str:
     return "local" if answered == local_group else "cerebras"
 
 
-def _add(counts: dict[str, int], name: str) -> None:
-    counts[name] = counts.get(name, 0) + 1
+# A bucket's change is a set of counters to add: its fields by name, and the rows of its tables as
+# "<table> <row>" (the separator is one no name is expected to hold).
+SEP = "\x1f"
+Counts = dict[str, float]
 
 
-def add_charge(bucket: Bucket, charge: Charge, reason: str, path: str) -> None:
-    """A booked call into its minute; the client's answers count as requests, internal calls cost only."""
-    bucket.calls += 1
-    bucket.cost_usd += charge.cost
-    bucket.cloud_cost_usd += charge.cloud_cost
+def charge_counts(charge: Charge, reason: str, path: str) -> Counts:
+    """A booked call's counters; the client's answers count as requests, internal calls cost only."""
+    counts: Counts = {"calls": 1, "cost_usd": charge.cost, "cloud_cost_usd": charge.cloud_cost}
     if charge.counts_tokens:
-        bucket.prompt_tokens += charge.prompt_tokens
-        bucket.completion_tokens += charge.completion_tokens
+        counts.update(prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens)
     if charge.role == FINAL:
-        bucket.requests += 1
-        _add(bucket.by_route, charge.route)
-        _add(bucket.by_reason, reason)
-        _add(bucket.by_path, path)
+        counts.update({"requests": 1, f"by_route{SEP}{charge.route}": 1, f"by_reason{SEP}{reason}": 1, f"by_path{SEP}{path}": 1})
+    return counts
 
 
-def add_failure(bucket: Bucket, rate_limited: bool) -> None:
-    bucket.failures += 1
-    bucket.rate_limited += int(rate_limited)
+def failure_counts(rate_limited: bool) -> Counts:
+    return {"failures": 1, "rate_limited": int(rate_limited)}
 
 
-def changed_slot(slot: Slot, minute: int, change: Callable[[Bucket], None]) -> Slot:
-    """The slot with `change` applied to `minute`'s bucket; a slot of an older hour starts empty."""
+FLOATS = frozenset({"cost_usd", "cloud_cost_usd"})
+
+
+def add_counts(bucket: Bucket, counts: Counts) -> None:
+    for name, amount in counts.items():
+        table, _, row = name.partition(SEP)
+        if row:
+            rows: dict[str, int] = getattr(bucket, table)
+            rows[row] = rows.get(row, 0) + int(amount)
+        elif name in FLOATS:
+            setattr(bucket, name, getattr(bucket, name) + amount)
+        else:
+            setattr(bucket, name, getattr(bucket, name) + int(amount))
+
+
+def changed_slot(slot: Slot, minute: int, counts: Counts) -> Slot:
+    """The slot with `counts` added to `minute`'s bucket; a slot of an older hour starts empty."""
     hour = minute - minute % (SLOT_MINUTES * BUCKET_SECONDS)
     if slot.hour != hour:
         slot = Slot(hour=hour)
     bucket = slot.buckets.get(minute) or Bucket(minute=minute)
-    change(bucket)
+    add_counts(bucket, counts)
     slot.buckets[minute] = bucket
     return slot
+
+
+class Minutes(Protocol):
+    async def add(self, minute: int, counts: Counts) -> None: ...
+
+    async def since(self, oldest: int, now: int) -> list[Bucket]:
+        """The buckets from `oldest` to `now` (epoch minutes' starts), in any order."""
+        ...
+
+
+class SlotMinutes:
+    """The buckets as hour documents in a ring of slots of a memory or SQLite store."""
+
+    def __init__(self, store: Store[Slot], minutes: int) -> None:
+        self._store = store
+        self._slots = math.ceil(minutes / SLOT_MINUTES) + 1
+
+    def _slot_key(self, minute: int) -> str:
+        return f"slot:{(minute // (SLOT_MINUTES * BUCKET_SECONDS)) % self._slots}"
+
+    async def add(self, minute: int, counts: Counts) -> None:
+        await self._store.update(self._slot_key(minute), lambda slot: (changed_slot(slot, minute, counts), None))
+
+    async def since(self, oldest: int, now: int) -> list[Bucket]:
+        buckets: list[Bucket] = []
+        for index in range(self._slots):
+            slot = await self._store.read(f"slot:{index}")
+            buckets += [bucket for minute, bucket in list(slot.buckets.items()) if minute >= oldest]
+        return buckets
+
+
+# KEYS[1]: the hour's hash; ARGV[1]: its TTL, ARGV[2]: the minute, then pairs of (counter, amount).
+_ADD = """
+local key, prefix = KEYS[1], ARGV[2] .. '\\31'
+for i = 3, #ARGV, 2 do
+  if string.find(ARGV[i + 1], '[.eE]') then
+    redis.call('HINCRBYFLOAT', key, prefix .. ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HINCRBY', key, prefix .. ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('EXPIRE', key, ARGV[1])
+"""
+_ADD_SCRIPT = LinkScript(_ADD)
+HOUR = SLOT_MINUTES * BUCKET_SECONDS
+
+
+class RedisMinutes:
+    """The buckets as counters in one Redis hash per hour, shared by every proxy."""
+
+    def __init__(self, link: RedisLink, minutes: int, namespace: str = "history") -> None:
+        self._link = link
+        self._prefix = f"{REDIS_KEY_PREFIX}{namespace}:hour:"
+        self._ttl = minutes * BUCKET_SECONDS + 2 * HOUR  # the hour stays while any of its minutes is in the window
+
+    async def add(self, minute: int, counts: Counts) -> None:
+        pairs = [part for name, amount in counts.items() if amount for part in (name, repr(float(amount)) if name in FLOATS else str(int(amount)))]
+        if pairs:
+            await self._link.run(_ADD_SCRIPT, [f"{self._prefix}{minute - minute % HOUR}"], [self._ttl, minute, *pairs])
+
+    async def since(self, oldest: int, now: int) -> list[Bucket]:
+        hours = range(oldest - oldest % HOUR, now + 1, HOUR)
+        replies = await asyncio.gather(*(self._link.call("HGETALL", f"{self._prefix}{hour}") for hour in hours))
+        buckets: dict[int, Bucket] = {}
+        for reply in replies:
+            for field, value in (reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))).items():
+                minute_text, _, name = field.partition(SEP)
+                minute = int(minute_text)
+                if minute >= oldest:
+                    add_counts(buckets.setdefault(minute, Bucket(minute=minute)), {name: float(value)})
+        return list(buckets.values())
 
 
 class Decision(BaseModel):
@@ -125,10 +212,9 @@ class Decision(BaseModel):
 class History:
     """The per-minute series (in the store) and the recent decisions (in memory)."""
 
-    def __init__(self, store: Store[Slot], minutes: int, local_group: str, clock: Callable[[], float] = time.time) -> None:
-        self._store = store
+    def __init__(self, store: Store[Slot] | RedisLink, minutes: int, local_group: str, clock: Callable[[], float] = time.time) -> None:
+        self._minutes: Minutes = RedisMinutes(store, minutes) if isinstance(store, RedisLink) else SlotMinutes(store, minutes)
         self.minutes = minutes
-        self._slots = math.ceil(minutes / SLOT_MINUTES) + 1
         self._local_group = local_group
         self._clock = clock
         self._recent: deque[Decision] = deque(maxlen=RECENT_DECISIONS)
@@ -138,13 +224,9 @@ class History:
         now = int(self._clock())
         return now - now % BUCKET_SECONDS
 
-    def _slot_key(self, minute: int) -> str:
-        return f"slot:{(minute // (SLOT_MINUTES * BUCKET_SECONDS)) % self._slots}"
-
-    async def _change(self, change: Callable[[Bucket], None]) -> None:
-        minute = self._minute()
+    async def _add(self, counts: Counts) -> None:
         try:
-            await self._store.update(self._slot_key(minute), lambda slot: (changed_slot(slot, minute, change), None))
+            await self._minutes.add(self._minute(), counts)
         except StoreUnavailable as err:
             logger.error("glm_saver: the minute's history was not written: %s", err)
 
@@ -156,9 +238,9 @@ class History:
             path = path_of(charge.route, record.group, self._local_group)
             if charge.role == FINAL:
                 self._remember(charge, reason, str(record.group))
-            await self._change(lambda bucket: add_charge(bucket, charge, reason, path))
+            await self._add(charge_counts(charge, reason, path))
         elif record.status is not None or record.error is not None:
-            await self._change(lambda bucket: add_failure(bucket, record.rate_limited))
+            await self._add(failure_counts(record.rate_limited))
 
     def _remember(self, charge: Charge, reason: str, group: str) -> None:
         decision = Decision(
@@ -181,11 +263,8 @@ class History:
 
     async def series(self) -> list[dict[str, Any]]:
         """The minutes of the window that saw traffic, oldest first (raises StoreUnavailable)."""
-        oldest = self._minute() - (self.minutes - 1) * BUCKET_SECONDS
-        buckets: list[Bucket] = []
-        for index in range(self._slots):
-            slot = await self._store.read(f"slot:{index}")
-            buckets += [bucket for minute, bucket in list(slot.buckets.items()) if minute >= oldest]
+        now = self._minute()
+        buckets = await self._minutes.since(now - (self.minutes - 1) * BUCKET_SECONDS, now)
         return [bucket.view() for bucket in sorted(buckets, key=lambda bucket: bucket.minute)]
 
     async def describe(self) -> dict[str, Any]:

@@ -66,6 +66,16 @@ class Charge:
         return list(zip(TABLES, (self.group, self.key, self.route, self.strategy, self.role), strict=True))
 
 
+@dataclass
+class Unbooked:
+    """An answer on its way into the books and the budgets, and which of the two it reached."""
+
+    charge: Charge
+    ticket: Ticket | None
+    booked: bool = False
+    settled: bool = False
+
+
 class Tally(BaseModel):
     requests: int = 0
     calls: int = 0
@@ -122,13 +132,13 @@ class Ledger:
         path = state_dir / settings.sqlite_path
         budget_store = build_store(BudgetUse, settings, config, namespace="budgets", sqlite_path=path)
         self.budgets = BudgetBook(budget_store, settings)
-        shared = getattr(budget_store, "client", None) if settings.state == "redis" else None
+        shared = getattr(budget_store, "link", None) if settings.state == "redis" else None
         self._books = build_tallies(lambda: build_store(Books, settings, config, namespace="books", sqlite_path=path), shared)
         groups = {settings.local_group, settings.cloud_group, *settings.entry_models}
         self._prices = {group: group_prices(config, group) for group in groups}
         self.cloud_prices = self._prices[settings.cloud_group]
         self._settings = settings
-        self._unbooked: deque[tuple[Charge, Ticket | None]] = deque(maxlen=MAX_UNBOOKED)
+        self._unbooked: deque[Unbooked] = deque(maxlen=MAX_UNBOOKED)
         self._retry: asyncio.Task[None] | None = None
         self._booking = asyncio.Lock()
 
@@ -160,9 +170,21 @@ class Ledger:
         )
 
     async def record(self, record: CallRecord) -> None:
-        """Book an answer and settle its ticket; while the store is down, keep it to book later."""
-        self._unbooked.append((self.charge_of(record), record.ticket))
-        await self._book_waiting()
+        """Book an answer and settle its ticket; while the store is down, keep it to book later.
+
+        Answers are booked as they come, side by side (their round trips share pipelines); only
+        while some wait for the store do new ones queue behind them."""
+        answer = Unbooked(self.charge_of(record), record.ticket)
+        if self._unbooked:
+            self._unbooked.append(answer)
+            await self._book_waiting()
+            return
+        try:
+            await self._book(answer)
+        except StoreUnavailable as err:
+            self._unbooked.append(answer)
+            logger.error("glm_saver: %d answer(s) not booked yet, kept until the store answers: %s", len(self._unbooked), err)
+            self._retry_later()
 
     async def _book_waiting(self) -> None:
         # One booker at a time: the queue's head is booked, then dropped, so two concurrent
@@ -170,7 +192,7 @@ class Ledger:
         async with self._booking:
             try:
                 while self._unbooked:
-                    await self._book(*self._unbooked[0])
+                    await self._book(self._unbooked[0])
                     self._unbooked.popleft()
             except StoreUnavailable as err:
                 logger.error("glm_saver: %d answer(s) not booked yet, kept until the store answers: %s", len(self._unbooked), err)
@@ -188,17 +210,32 @@ class Ledger:
     def unbooked(self) -> int:
         return len(self._unbooked)
 
-    async def _book(self, charge: Charge, ticket: Ticket | None) -> None:
-        settles = ticket is not None and ticket.key == charge.key
-        if ticket is not None and not settles:
-            await self.budgets.release(ticket.key, ticket.id)
+    async def _book(self, answer: Unbooked) -> None:
+        """The books and the budgets at once (one round trip on Redis); a part already done is not
+        done again when the other is retried."""
+        parts = [part for part, done in ((self._add_to_books, answer.booked), (self._settle, answer.settled)) if not done]
+        outcomes = await asyncio.gather(*(part(answer) for part in parts), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _add_to_books(self, answer: Unbooked) -> None:
+        charge = answer.charge
         totals = await self._books.add(charge)
+        answer.booked = True
         metrics.SAVINGS.set(totals.cloud_cost_usd - totals.cost_usd)
         if charge.counts_tokens:
             metrics.TOKENS.labels(model=charge.group, kind="prompt").inc(charge.prompt_tokens)
             metrics.TOKENS.labels(model=charge.group, kind="completion").inc(charge.completion_tokens)
         metrics.COST.labels(model=charge.group).inc(charge.cost)
+
+    async def _settle(self, answer: Unbooked) -> None:
+        charge, ticket = answer.charge, answer.ticket
+        settles = ticket is not None and ticket.key == charge.key
+        if ticket is not None and not settles:
+            await self.budgets.release(ticket.key, ticket.id)
         await self.budgets.charge(charge.key, charge.cost, ticket.id if ticket is not None and settles else None)
+        answer.settled = True
 
     async def describe(self) -> dict[str, Any]:
         return {**(await self._books.read()).view(), "budgets": await self.budgets.describe(), "unbooked": self.unbooked}

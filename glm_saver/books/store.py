@@ -1,11 +1,17 @@
 """Where shared state lives: in memory for one proxy, in Redis for several behind a load balancer.
 
-Both stores offer the same two operations on a pydantic model kept under a key: read it, or apply
-a pure function to it atomically. Redis uses optimistic transactions, so the rules themselves are
-written once, in Python, and several proxies can never interleave an update: the change is
-computed on the value this proxy last saw and written by a compare-and-set script (one round trip,
-EVALSHA) that only stores it if Redis still holds that value; if another proxy got there first, the
-script answers with the value it holds and the change is recomputed on that (bounded retries).
+Every store offers the same operations on pydantic models kept under keys: read one, or apply a
+pure function to one key (`update`) or to several at once (`update_all`, all or nothing)
+atomically. Redis uses optimistic transactions, so the rules themselves are written once, in
+Python, and several proxies can never interleave an update: the change is computed on the values
+this proxy last saw and written by a compare-and-set script that only stores them if Redis still
+holds those values (it compares their SHA-1, so a value is sent once, not twice); if another proxy
+got there first, the script answers with what it holds and the change is recomputed on that
+(bounded retries).
+
+Round trips: one `RedisLink` per Redis URL and process sends every command issued in the same turn
+of the event loop (or the next) as one pipeline, so updates the caller starts together (`asyncio.gather`: the
+books, the history, the headroom and the budgets of one answer) cost one round trip between them.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
+import hashlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -39,16 +47,23 @@ REDIS_TIMEOUT_SECONDS = 2.0
 # Optimistic transactions retried this often before the update is given up as unavailable.
 MAX_WATCH_RETRIES = 50
 
-# KEYS[1]: the key; ARGV: the value expected ("" for none), the new value, the TTL. Stores the new
-# value only if the key still holds the expected one; else answers with what it holds.
+# KEYS: the keys; ARGV[1]: the TTL, then per key the SHA-1 of the value expected ("" for none) and
+# the new value. Stores the new values only if every key still holds the expected one; else answers
+# with what each holds ("" for none).
 _COMPARE_AND_SET = """
-local current = redis.call('GET', KEYS[1]) or ''
-if current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  return {1, ''}
+local held, same = {}, true
+for i, key in ipairs(KEYS) do
+  held[i] = redis.call('GET', key) or ''
+  if (held[i] == '' and '' or redis.sha1hex(held[i])) ~= ARGV[2 * i] then same = false end
 end
-return {0, current}
+if not same then return {0, unpack(held)} end
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[2 * i + 1], 'EX', ARGV[1]) end
+return {1}
 """
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest() if text else ""
 
 
 class StoreUnavailable(RuntimeError):
@@ -80,6 +95,8 @@ class Store(Protocol, Generic[M]):
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R: ...
 
+    async def update_all(self, keys: Sequence[str], change: Callable[[list[M]], tuple[list[M], R]]) -> R: ...
+
 
 class MemoryStore(Generic[M]):
     def __init__(self, model: type[M]) -> None:
@@ -97,15 +114,116 @@ class MemoryStore(Generic[M]):
             self._values[key] = value
             return result
 
+    async def update_all(self, keys: Sequence[str], change: Callable[[list[M]], tuple[list[M], R]]) -> R:
+        with self._lock:
+            values, result = change([self._values.get(key) or self._model() for key in keys])
+            self._values.update(zip(keys, values, strict=True))
+            return result
+
+
+class LinkScript:
+    """A Lua script run by its SHA-1 (loaded into Redis the first time Redis does not know it)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+class RedisLink:
+    """This process's connection to one Redis: the commands issued in one turn of the event loop go
+    out together as one pipeline (one round trip). Errors reach each caller as StoreUnavailable."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any], LinkScript | None]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> Any:
+        """The client for the running loop (a client's connections belong to the loop that made them)."""
+        import redis.asyncio as redis
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = redis.Redis.from_url(
+                self._url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+            )
+            self._loop, self._queued = loop, []
+        return self._client
+
+    async def call(self, *command: Any, script: LinkScript | None = None) -> Any:
+        client = self.client
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._queued:  # the first of this turn: send once the others of the turn are queued
+            task = asyncio.get_running_loop().create_task(self._send(client))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        self._queued.append((command, future, script))
+        async with _reaching_redis():
+            return await future
+
+    async def run(self, script: LinkScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
+
+    async def _send(self, client: Any) -> None:
+        # One more turn: calls that callers start in tasks of their own (a gather inside a gather)
+        # are queued a turn after their parent's, and go in this pipeline too.
+        await asyncio.sleep(0)
+        batch, self._queued = self._queued, []
+        try:
+            if len(batch) == 1:
+                results = [await _result_of(client.execute_command(*batch[0][0]))]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for command, _, _ in batch:
+                        pipe.execute_command(*command)
+                    results = await pipe.execute(raise_on_error=False)
+        except Exception as err:  # noqa: BLE001 - whatever failed, every caller of the batch hears of it
+            results = [err] * len(batch)
+        for (command, future, script), answer in zip(batch, results, strict=True):
+            result = await _result_of(_load_and_run(client, script, command)) if script is not None and _unknown_script(answer) else answer
+            if future.done():  # its caller gave up waiting
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+def _unknown_script(result: Any) -> bool:
+    from redis.exceptions import NoScriptError
+
+    return isinstance(result, NoScriptError)
+
+
+async def _load_and_run(client: Any, script: LinkScript, command: tuple[Any, ...]) -> Any:
+    """Redis lost its scripts (a restart, SCRIPT FLUSH): load this one and run it again."""
+    await client.script_load(script.source)
+    return await client.execute_command(*command)
+
+
+async def _result_of(call: Any) -> Any:
+    try:
+        return await call
+    except Exception as err:  # noqa: BLE001 - handed to the caller waiting for it
+        return err
+
+
+_LINKS: dict[str, RedisLink] = {}
+
+
+def redis_link(url: str) -> RedisLink:
+    """The one link of this process to `url`, shared by every store on it."""
+    return _LINKS.setdefault(url, RedisLink(url))
+
 
 class RedisStore(Generic[M]):
     def __init__(self, model: type[M], url: str, namespace: str) -> None:
-        import redis.asyncio as redis
-
         self._model = model
-        self._client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        self.link = redis_link(url)
         self._namespace = namespace
-        self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
         # The raw value last read or written per key: the first guess of the next update. One entry
         # per key (a budget, the quota), so it stays as small as the set of keys.
         self._seen: dict[str, str] = {}
@@ -113,42 +231,106 @@ class RedisStore(Generic[M]):
         # before wrote and succeeds at once, where racing each other they would retry O(n^2) times
         # (seen: 240 script calls per request at concurrency 16). Other proxies still race by CAS.
         self._turns: dict[str, asyncio.Lock] = {}
+        # Updates of a key that arrive while its turn is taken wait here, and the next turn applies
+        # them all in order and writes them in one compare-and-set: at concurrency 16 the quota's
+        # updates cost one round trip per turn, not one each.
+        self._waiting: dict[str, list[tuple[Callable[[M], tuple[M, Any]], asyncio.Future[Any]]]] = {}
+        self._committing: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> Any:
-        return self._client
+        return self.link.client
 
     def _key(self, key: str) -> str:
         return f"{REDIS_KEY_PREFIX}{self._namespace}:{key}"
 
-    def _parse(self, raw: str | bytes | None) -> M:
+    def _parse(self, raw: str | None) -> M:
         return self._model.model_validate_json(raw) if raw else self._model()
 
     async def read(self, key: str) -> M:
-        async with _reaching_redis():
-            stored = await self._client.get(self._key(key))
-        raw = stored.decode() if isinstance(stored, bytes) else stored  # decode_responses: already text
+        raw = await self.link.call("GET", self._key(key))
         self._seen[key] = raw or ""
         return self._parse(raw)
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
-        async with self._turns.setdefault(key, asyncio.Lock()):
-            return await self._update(key, change)
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.get(key)
+        if waiting is not None:  # a turn of this key is under way: the next one takes this change too
+            waiting.append((change, future))
+        else:
+            self._waiting[key] = [(change, future)]
+            task = asyncio.get_running_loop().create_task(self._commit(key))
+            self._committing.add(task)
+            task.add_done_callback(self._committing.discard)
+        return await future
 
-    async def _update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
-        full_key = self._key(key)
-        expected = self._seen.get(key, "")
-        async with _reaching_redis():
-            for _ in range(MAX_WATCH_RETRIES):
-                value, result = change(self._parse(expected))
-                written = value.model_dump_json()
-                stored, held = await self._compare_and_set(keys=[full_key], args=[expected, written, REDIS_TTL_SECONDS])
-                if int(stored):
-                    self._seen[key] = written
-                    return result
-                expected = held  # another proxy changed it first: recompute on its value
-        self._seen.pop(key, None)
-        raise StoreUnavailable(f"redis: {full_key} changed under {MAX_WATCH_RETRIES} attempts in a row")
+    async def _commit(self, key: str) -> None:
+        """Turn after turn, every change waiting for `key`, in the order they came, in one write."""
+        batch: list[tuple[Callable[[M], tuple[M, Any]], asyncio.Future[Any]]] = []
+        try:
+            async with self._turns.setdefault(key, asyncio.Lock()):
+                while batch := self._waiting[key]:
+                    self._waiting[key] = []
+                    try:
+                        results = await self._update_all([key], lambda values: _apply_in_turn(values[0], [change for change, _ in batch]))
+                    except Exception as err:  # noqa: BLE001 - StoreUnavailable (or a bug): every waiting caller hears of it
+                        results = [_Failed(err)] * len(batch)
+                    _answer(batch, results)
+        finally:  # also when the loop cancels this turn: no caller is left waiting for a turn that never comes
+            stranded = batch + self._waiting.pop(key, [])
+            _answer(stranded, [_Failed(StoreUnavailable(f"redis: the update of {self._key(key)} was interrupted"))] * len(stranded))
+
+    async def update_all(self, keys: Sequence[str], change: Callable[[list[M]], tuple[list[M], R]]) -> R:
+        async with contextlib.AsyncExitStack() as turns:
+            for key in sorted(set(keys)):  # always in the same order: two updates never wait on each other
+                await turns.enter_async_context(self._turns.setdefault(key, asyncio.Lock()))
+            return await self._update_all(list(keys), change)
+
+    async def _update_all(self, keys: list[str], change: Callable[[list[M]], tuple[list[M], R]]) -> R:
+        full_keys = [self._key(key) for key in keys]
+        expected = [self._seen.get(key, "") for key in keys]
+        for _ in range(MAX_WATCH_RETRIES):
+            values, result = change([self._parse(raw) for raw in expected])
+            written = [value.model_dump_json() for value in values]
+            pairs = [part for guess, new in zip(expected, written, strict=True) for part in (_sha1(guess), new)]
+            answer = await self.link.run(_CAS_SCRIPT, full_keys, [REDIS_TTL_SECONDS, *pairs])
+            if int(answer[0]):
+                self._seen.update(zip(keys, written, strict=True))
+                return result
+            expected = list(answer[1:])  # another proxy changed one first: recompute on what it holds
+        for key in keys:
+            self._seen.pop(key, None)
+        raise StoreUnavailable(f"redis: {', '.join(full_keys)} changed under {MAX_WATCH_RETRIES} attempts in a row")
+
+
+_CAS_SCRIPT = LinkScript(_COMPARE_AND_SET)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    error: Exception
+
+
+def _answer(callers: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, future), result in zip(callers, results, strict=True):
+        if future.done():  # answered already, or its caller gave up waiting
+            continue
+        if isinstance(result, _Failed):
+            future.set_exception(result.error)
+        else:
+            future.set_result(result)
+
+
+def _apply_in_turn(value: M, changes: list[Callable[[M], tuple[M, Any]]]) -> tuple[list[M], list[Any]]:
+    """The changes one after the other; one that raises leaves the value as it was for the next."""
+    results: list[Any] = []
+    for change in changes:
+        try:
+            value, result = change(value)
+        except Exception as err:  # noqa: BLE001 - handed to that change's caller alone
+            result = _Failed(err)
+        results.append(result)
+    return [value], results
 
 
 @contextlib.asynccontextmanager
@@ -193,12 +375,20 @@ class SqliteStore(MemoryStore[M]):
 
     async def update(self, key: str, change: Callable[[M], tuple[M, R]]) -> R:
         result = await super().update(key, change)
+        self._written_behind([key])
+        return result
+
+    async def update_all(self, keys: Sequence[str], change: Callable[[list[M]], tuple[list[M], R]]) -> R:
+        result = await super().update_all(keys, change)
+        self._written_behind(keys)
+        return result
+
+    def _written_behind(self, keys: Sequence[str]) -> None:
         with self._lock:
-            self._dirty.add(key)
+            self._dirty.update(keys)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_behind)
-        return result
 
     def _take_dirty(self) -> list[tuple[str, str]]:
         with self._lock:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from glm_saver.books.ledger import FINAL, MAX_ROWS, TABLES, Books, Charge, Tally
-from glm_saver.books.store import REDIS_KEY_PREFIX, REDIS_TTL_SECONDS, Store, _reaching_redis
+from glm_saver.books.store import REDIS_KEY_PREFIX, REDIS_TTL_SECONDS, LinkScript, RedisLink, Store
 
 BOOKS_KEY = "books"
 # Field names in the hash: table, row and counter joined by a separator no name is expected to hold.
@@ -119,21 +119,28 @@ def books_from_hash(fields: dict[str, str]) -> Books:
 class RedisTallies:
     """The books as counters in one Redis hash: one round trip per answer, no WATCH, no retries."""
 
-    def __init__(self, client: Any, namespace: str = BOOKS_KEY) -> None:
-        self._client = client
+    def __init__(self, link: RedisLink, namespace: str = BOOKS_KEY) -> None:
+        self._link = link
         self._key = f"{REDIS_KEY_PREFIX}{namespace}:{BOOKS_KEY}:tallies"
-        self._add = client.register_script(_ADD)
 
     async def add(self, charge: Charge) -> Tally:
-        async with _reaching_redis():
-            cost, cloud_cost = await self._add(keys=[self._key], args=_arguments(charge))
+        cost, cloud_cost = await self._link.run(_ADD_SCRIPT, [self._key], _arguments(charge))
         return Tally(cost_usd=float(cost), cloud_cost_usd=float(cloud_cost))
 
     async def read(self) -> Books:
-        async with _reaching_redis():
-            fields = await self._client.hgetall(self._key)
-        return books_from_hash(fields)
+        fields = await self._link.call("HGETALL", self._key)
+        return books_from_hash(_pairs(fields))
 
 
-def build_tallies(document_store: Callable[[], Store[Books]], redis_client: Any | None) -> TallyStore:
-    return RedisTallies(redis_client) if redis_client is not None else DocumentTallies(document_store())
+_ADD_SCRIPT = LinkScript(_ADD)
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """HGETALL's reply as a dict (a pipeline hands it over as parsed, a bare command too; RESP2 lists, just in case)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def build_tallies(document_store: Callable[[], Store[Books]], redis: RedisLink | None) -> TallyStore:
+    return RedisTallies(redis) if redis is not None else DocumentTallies(document_store())
