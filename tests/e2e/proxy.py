@@ -81,14 +81,15 @@ def two_tiers(config: dict[str, Any]) -> dict[str, Any]:
     config["model_list"] = [entry for entry in config["model_list"] if entry["model_name"] not in middle]
     router = config.get("router_settings") or {}
     router["fallbacks"] = [
-        {group: [name for name in names if name not in middle]} for rule in router.get("fallbacks") or [] for group, names in rule.items() if group not in middle
+        {group: [name for name in names if name not in middle]}
+        for rule in router.get("fallbacks") or []
+        for group, names in rule.items()
+        if group not in middle
     ]
     return config
 
 
-def proxy_config(
-    local_url: str, *, local_window: int | None = None, cloud_window: int | None = None, tiers: bool = False, **changes: Any
-) -> dict[str, Any]:
+def proxy_config(local_url: str, *, local_window: int | None = None, cloud_window: int | None = None, tiers: bool = False, **changes: Any) -> dict[str, Any]:
     """The shipped config, with the local group pointed at `local_url` and `changes` merged in;
     with two tiers unless `tiers` (the shipped three-tier ladder) is asked for."""
     shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
