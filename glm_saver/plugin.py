@@ -112,7 +112,7 @@ class GlmSaver(CustomLogger):
         history_store = build_store(Slot, settings, config, namespace="history", sqlite_path=(config_dir or Path.cwd()) / settings.sqlite_path)
         self.history = History(history_store, settings.history_minutes, settings.local_group)
         self.gate = CloudGate(self.headroom, self.ledger.budgets, self.ledger.prices_of, settings.rate_limits)
-        self.speculator = Speculator(settings, config, cloud_exhausted=lambda: self._unavailable(settings.cloud_group), cloud_gate=self.gate)
+        self.speculator = Speculator(settings, config, cloud_exhausted=self._unavailable, cloud_gate=self.gate)
         self.live = LiveAnswers(settings.speculative.draft_timeout)  # committed drafts awaiting their stream
         self.planner = Planner(
             settings,

@@ -175,6 +175,8 @@ class SpeculativeSettings(_Strict):
     keepalive_seconds: float = Field(
         default=5.0, gt=0, description="streamed requests: an SSE comment after this long without a chunk, so clients and proxies do not time out"
     )
+    verify_group: str | None = Field(default=None, description="the paid tier whose model verifies drafts (default: the strongest)")
+    answer_group: str | None = Field(default=None, description="the paid tier that answers when a draft is rejected (default: the strongest)")
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> SpeculativeSettings:
@@ -392,6 +394,10 @@ def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
         missing = [name for name in names if name not in groups]
         if missing:
             raise ConfigError(f"{SECTION}.{key}: {', '.join(missing)} not found in model_list (have: {', '.join(sorted(groups))})")
+    for key in ("verify_group", "answer_group"):
+        group = getattr(settings.speculative, key)
+        if group is not None and group not in settings.tier_groups[1:]:
+            raise ConfigError(f"{SECTION}.speculative.{key}: {group} is not a paid tier (have: {', '.join(settings.tier_groups[1:])})")
     overlap = set(settings.entry_models) & set(settings.tier_groups)
     if overlap:
         raise ConfigError(f"{SECTION}.entry_models: {', '.join(sorted(overlap))} is also a routing target")

@@ -20,6 +20,7 @@ import pytest
 from tests.e2e.conftest import CLOUD_WINDOW, LOCAL_WINDOW
 from tests.e2e.polling import poll
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
+from tests.fakes.answers import ReplyRule
 from tests.fakes.upstream import FakeUpstream
 
 SIMPLE = "hello, what is a tuple?"  # scores far below 0.3
@@ -288,3 +289,33 @@ def test_going_up_a_tier_never_passes_the_budget(launch: Callable[..., Proxy], l
             chat(proxy, BIG, tier="cerebras-oss", max_tokens=16384)
         assert "budget" in str(raised.value)
         assert strong.requests == []
+
+
+# ---- the cascade with the cheap tier -------------------------------------------------------------
+
+UNSURE = "Which is the largest planet?"
+UNSURE_DRAFT = "Jupiter is the largest planet."
+REFUSED = "Prove that the halting problem is undecidable"
+
+
+def test_the_cheap_tier_verifies_drafts_and_answers_for_rejected_ones_when_configured(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
+    saved = local_upstream.options
+    # An unsure right draft (the verify band), and a refusal (a rejected draft).
+    local_upstream.configure(
+        replies=[ReplyRule("largest planet", UNSURE_DRAFT, -0.9), ReplyRule("halting problem", "I'm sorry, but I can't help with that.", -0.05)]
+    )
+    try:
+        with FakeUpstream("cerebras") as strong, cheap_fake(replies=[ReplyRule(UNSURE_DRAFT, "ACCEPT")]) as oss:
+            cheap = {"verify_group": "cerebras-oss", "answer_group": "cerebras-oss"}
+            proxy = launch(local_upstream, oss, strong, strategy="speculative_decoding", speculative=cheap)
+            status, route, reason, text = chat(proxy, UNSURE, max_tokens=100_000)
+            assert (status, route, text) == (200, "draft-verified", UNSURE_DRAFT), reason
+            (verify,) = oss.requests
+            assert "<draft>" in str(verify.body["messages"][-1]["content"]) and verify.body["max_tokens"] <= 16384
+
+            status, route, reason, text = chat(proxy, REFUSED)
+            assert (status, route, text) == (200, "cloud", "Hello from cerebras-oss."), reason
+            assert reason.startswith("low-confidence") and reason.endswith("cerebras-oss answers")
+            assert strong.requests == []
+    finally:
+        local_upstream.configure(replies=saved.replies)

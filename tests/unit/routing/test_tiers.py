@@ -179,3 +179,12 @@ def test_the_shipped_config_has_three_tiers_with_cerebras_prices() -> None:
 
 def test_without_tiers_the_two_groups_are_the_ladder() -> None:
     assert GlmSaverSettings(local_group="ollama", cloud_group="glm").tier_groups == ["ollama", "glm"]
+
+
+@pytest.mark.parametrize("key", ["verify_group", "answer_group"])
+def test_the_cascade_may_use_a_paid_tier_only(key: str) -> None:
+    config = {**THREE, "glm_saver": {**BANDED, "speculative": {key: "cheap"}}}
+    assert getattr(settings_from_config(config).speculative, key) == "cheap"
+    config = {**THREE, "glm_saver": {**BANDED, "speculative": {key: "local"}}}
+    with pytest.raises(ConfigError, match=rf"glm_saver\.speculative\.{key}: local is not a paid tier \(have: cheap, cerebras\)"):
+        settings_from_config(config)
