@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import CLOUD_WINDOW, LOCAL_WINDOW
 from tests.e2e.polling import poll
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
+from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
 from tests.fakes.answers import ReplyRule
 from tests.fakes.upstream import FakeUpstream
 
@@ -319,3 +319,29 @@ def test_the_cheap_tier_verifies_drafts_and_answers_for_rejected_ones_when_confi
             assert strong.requests == []
     finally:
         local_upstream.configure(replies=saved.replies)
+
+
+# ---- a bad ladder stops the start ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tiers", "named"),
+    [
+        (
+            [{"group": "local"}, {"group": "cerebras-oss", "threshold": 0.8}, {"group": "cerebras", "threshold": 0.4}],
+            "glm_saver.tiers: Value error, thresholds must rise",
+        ),
+        (
+            [{"group": "local"}, {"group": "cerebras-mini", "threshold": 0.3}, {"group": "cerebras", "threshold": 0.6}],
+            "glm_saver.tiers: cerebras-mini not found in model_list",
+        ),
+    ],
+    ids=["falling-thresholds", "unknown-group"],
+)
+def test_a_bad_ladder_stops_the_proxy_naming_the_key(tmp_path: Path, local_upstream: FakeUpstream, oss: FakeUpstream, tiers: list[Any], named: str) -> None:
+    config = ladder_config(local_upstream, oss)
+    config["glm_saver"]["tiers"] = tiers
+    finished = run_proxy_until_exit(tmp_path, config, oss.url)
+    output = finished.stdout + finished.stderr
+    assert finished.returncode != 0 and named in output, output[-2000:]
+    assert "The proxy did not start." in output
