@@ -3,8 +3,8 @@
     python bench/routing_quality.py [--bootstrap 1000] [--rounds 2000]
 
 Each source is held out in turn. The new router is refitted by training/train_scorer.py on the
-other shippable sources only (ridge and blend chosen by leave-one-source-out among *those*), never
-tuned on the held-out one; then every router ranks the held-out asks:
+other shippable sources only (ridge, blend and kind weight chosen by leave-one-source-out among
+*those*), never tuned on the held-out one; then every router ranks the held-out asks:
 - MMLU with per-model correctness (test split; Mixtral local, GPT-4 cloud);
 - mmlu-math: MMLU's mathematics, statistics and physics subjects (training/datasets.py
   MATH_SUBJECTS, every split: often word problems with correctness labels, the proxy for GSM8K-like
@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ def held_out_sets() -> dict[str, tuple[list[Item], bool]]:
     }
 
 
+@cache  # bench/tiers_quality.py asks for the same routers again
 def new_router_without(held: str) -> ComplexityClassifier:
     """The new router refitted on the shippable sources other than `held`.
 
@@ -210,6 +212,9 @@ def main() -> None:
         print(f"{label:<28}" + "".join(f"{figures[label]:>13.3f}" for figures in summary.values()))
     shipped = ComplexityClassifier()
     report_timings({NEW: lambda m: shipped.classify(m).score, **fixed}, [i.text for i in of_split(coding(), "test")], args.rounds)
+    from bench import tiers_quality  # here: it imports this module
+
+    tiers_quality.report(args.bootstrap, refit=new_router_without)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def install_routes(plugin: StateSource) -> None:
         if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)
     ]
     app.router.routes[:] = [*ours, *kept]
-    from glm_saver.body_guard import install
+    from glm_saver import body_guard, keepalive
 
-    install(app)
+    keepalive.install(app)
+    body_guard.install(app)  # outside the keep-alive layer: a body it refuses never gets a wire

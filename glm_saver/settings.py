@@ -175,6 +175,11 @@ class SpeculativeSettings(_Strict):
     keepalive_seconds: float = Field(
         default=5.0, gt=0, description="streamed requests: an SSE comment after this long without a chunk, so clients and proxies do not time out"
     )
+    open_after_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="streamed requests: a cascade still deciding after this long opens the response (route header `cascade`) and sends keep-alives",
+    )
     verify_group: str | None = Field(default=None, description="the paid tier whose model verifies drafts (default: the strongest)")
     answer_group: str | None = Field(default=None, description="the paid tier that answers when a draft is rejected (default: the strongest)")
 

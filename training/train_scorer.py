@@ -6,7 +6,9 @@ What it fits: a logistic regression over the unit-length WordLlama embedding of 
 numbers: what it is about) and the shape features of glm_saver/classifier/features.py (length,
 lines, numbers, math, code, ...). At run time its logit, times a blend weight, is added to the
 rules' evidence (keywords, length against token_threshold, regex rules), so a configured keyword
-moves the score by exactly its weight. The model is fitted on its own, not on top of the rules:
+moves the score by exactly its weight. Beside it, the kind of ask (glm_saver/classifier/kinds.py:
+the share of reasoning, code and math by likeness to fixed descriptions, not fitted) is added
+with one weight, chosen like the blend. The model is fitted on its own, not on top of the rules:
 fitted on top, it learned to undo the rules where they misjudge its training sources, which then
 turned the rules around on a source it had not seen (coding asks held out: APGR 0.52 against the
 rules' 0.70). The blend weight is chosen with the ridge.
@@ -19,7 +21,7 @@ Sources, and why they are combined this way (pooling them naively hurt in the fe
 - each source has its own intercept while fitting: sources differ in base rate and look, and a
   shared intercept would teach the model "MMLU-looking asks are hard" rather than what makes an
   ask harder than others of its kind. The shipped intercept is the coding set's (our traffic);
-- a strong ridge on the embedding weights and the blend weight, chosen by leave-one-source-out
+- a strong ridge on the embedding weights, the blend weight and the kind weight, chosen by leave-one-source-out
   among the training sources: the setting that ranks an unseen source best (rules + blend x model),
   never by the source a bench run holds out.
 Only sources whose licence allows it are fitted (training/datasets.py SHIPPABLE); AlpacaEval
@@ -41,6 +43,7 @@ import numpy as np
 
 from glm_saver.classifier.calibration import quantile
 from glm_saver.classifier.features import DENSE_NAMES, extract
+from glm_saver.classifier.kinds import kinds
 from glm_saver.classifier.learned import FORMAT, LearnedModel
 from glm_saver.classifier.rules import ComplexityClassifier
 from glm_saver.classifier.semantic import embedder, embedding_text
@@ -52,6 +55,8 @@ OUT = REPO / "glm_saver" / "classifier" / "scorer_weights.json"
 # Ridge per standardised unit (sample weights sum to 1), searched for the embedding weights.
 SEMANTIC_L2 = (0.1, 1.0)
 BLEND = (0.1, 0.25, 0.5, 1.0)
+# Logit units per unit of the hard kinds' share (0 .. 1); 0 leaves the kind out.
+KIND_WEIGHT = (0.0, 1.0, 2.0, 4.0, 8.0)
 DENSE_L2 = 0.01
 NEWTON_STEPS = 15
 # Features whose "no signal" value is the typical ask rather than 0.
@@ -75,11 +80,12 @@ def training_items(source: str, without_groups: Sequence[str] = ()) -> list[Item
 
 @dataclass
 class Encoded:
-    """Items as arrays: shape features, embedding, rule offset (default rules), target."""
+    """Items as arrays: shape features, embedding, hard kinds' share, rule offset (default rules), target."""
 
     items: list[Item]
     dense: np.ndarray
     semantic: np.ndarray
+    kind: np.ndarray
     offset: np.ndarray
     target: np.ndarray
 
@@ -91,10 +97,12 @@ def _rules() -> ComplexityClassifier:
 
 def encode(items: Sequence[Item]) -> Encoded:
     vectors = embedder()
+    semantic = np.array([vectors.vector(embedding_text(item.text, "")) for item in items], dtype=np.float64)
     return Encoded(
         items=list(items),
         dense=np.array([[extract(item.text).dense[name] for name in DENSE_NAMES] for item in items], dtype=np.float64),
-        semantic=np.array([vectors.vector(embedding_text(item.text, "")) for item in items], dtype=np.float64),
+        semantic=semantic,
+        kind=np.array([kinds().hard_share(vector) for vector in semantic], dtype=np.float64),
         offset=np.array([sum(w for w, _ in _rules().rule_evidence(item.text)) for item in items], dtype=np.float64),
         target=np.array([min(1.0, max(0.0, item.gain)) for item in items], dtype=np.float64),
     )
@@ -108,12 +116,16 @@ class Fit:
     weights: np.ndarray  # per standardised unit
     l2: float
     blend: float = 1.0  # the model's logit is scaled by this before it is added to the rules
+    kind_weight: float = 0.0  # logit per unit of the hard kinds' share, added beside the model
+    # The typical training ask's hard share: the kind is measured from it, so adding it leaves the
+    # default threshold where it was for a typical ask (a chat ask pulls down, a puzzle pushes up).
+    kind_reference: float = 0.0
 
     def logit(self, data: Encoded, source: str | None = None) -> np.ndarray:
-        """The classifier's logit: the rules' evidence plus the blended model."""
+        """The classifier's logit: the rules' evidence, the kind of ask and the blended model."""
         bias = self.intercepts.get(source or HOME_SOURCE, float(np.mean(list(self.intercepts.values()))))
         model = bias + ((np.column_stack([data.dense, data.semantic]) - self.mean) / self.scale) @ self.weights
-        return data.offset + self.blend * model
+        return data.offset + self.kind_weight * (data.kind - self.kind_reference) + self.blend * model
 
 
 def fit(sources: Mapping[str, Encoded], semantic_l2: float) -> Fit:
@@ -141,32 +153,38 @@ def apgr(data: Encoded, scores: np.ndarray) -> float:
     return curve(data.items, [float(s) for s in scores]).apgr
 
 
-def choose(sources: Mapping[str, Encoded], log: bool = True) -> tuple[float, float]:
-    """The (ridge, blend) that ranks a source left out of fitting best, on average over the sources."""
+def choose(sources: Mapping[str, Encoded], log: bool = True) -> tuple[float, float, float]:
+    """The (ridge, blend, kind weight) that ranks a source left out of fitting best, on average over the sources."""
     if len(sources) < 2:
-        return SEMANTIC_L2[-1], BLEND[0]  # nothing to hold out: the most cautious setting
-    best: tuple[float, float, float] | None = None
+        return SEMANTIC_L2[-1], BLEND[0], KIND_WEIGHT[0]  # nothing to hold out: the most cautious setting
+    best: tuple[float, float, float, float] | None = None
     for l2 in SEMANTIC_L2:
         models = {held: fit({n: d for n, d in sources.items() if n != held}, l2) for held in sorted(sources)}
         for blend in BLEND:
-            figures = {}
-            for held, model in models.items():
-                model.blend = blend
-                figures[held] = apgr(sources[held], model.logit(sources[held]))
-            mean = sum(figures.values()) / len(figures)
-            if log:
-                print(f"  l2 {l2} blend {blend}: leave-one-source-out APGR " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items()), file=sys.stderr)
-            if best is None or mean > best[0]:
-                best = (mean, l2, blend)
+            for kind_weight in KIND_WEIGHT:
+                figures = {}
+                for held, model in models.items():
+                    model.blend, model.kind_weight = blend, kind_weight
+                    figures[held] = apgr(sources[held], model.logit(sources[held]))
+                mean = sum(figures.values()) / len(figures)
+                if log:
+                    print(
+                        f"  l2 {l2} blend {blend} kind {kind_weight}: leave-one-source-out APGR " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items()),
+                        file=sys.stderr,
+                    )
+                if best is None or mean > best[0]:
+                    best = (mean, l2, blend, kind_weight)
     assert best is not None
-    return best[1], best[2]
+    return best[1], best[2], best[3]
 
 
 def train(sources: Mapping[str, Encoded], log: bool = True) -> Fit:
-    """Pick ridge and blend by leave-one-source-out among these sources, then fit on all of them."""
-    l2, blend = choose(sources, log)
+    """Pick ridge, blend and kind weight by leave-one-source-out among these sources, then fit on all of them."""
+    l2, blend, kind_weight = choose(sources, log)
     model = fit(sources, l2)
-    model.blend = blend
+    model.blend, model.kind_weight = blend, kind_weight
+    # Each source weighs the same, as in fitting.
+    model.kind_reference = round(float(np.mean([data.kind.mean() for data in sources.values()])), DIGITS)
     return model
 
 
@@ -193,6 +211,7 @@ def to_json(model: Fit, info: dict) -> dict:
         "intercept": round(bias, DIGITS),
         "dense": dense,
         "semantic": {"reference": round(semantic_reference, DIGITS), "weights": [round(float(w), DIGITS) for w in semantic]},
+        "kind": {"weight": model.kind_weight, "reference": model.kind_reference},
         "info": info,
     }
 
@@ -225,6 +244,7 @@ def shipped(sources: Sequence[str] = SHIPPABLE, log: bool = True, without_groups
         "sources": {name: len(data.items) for name, data in encoded.items()},
         "semantic_l2": model.l2,
         "blend": model.blend,
+        "kind_weight": model.kind_weight,
         "embedding": "wordllama==0.4.0.post1 l2_supercat_256, unit-length mean of token vectors",
     }
     weights = to_json(model, info)

@@ -21,11 +21,9 @@ from typing import Any
 
 from glm_saver.cascade.scoring import DraftFacts
 from glm_saver.events import SERVED_KEY  # what a live answer really served, for the books
+from glm_saver.keepalive import KEEPALIVE  # what the iterator hook yields while the local model is silent
 
 logger = logging.getLogger(__name__)
-
-# What the iterator hook yields while the local model is silent: an SSE comment, ignored by clients.
-KEEPALIVE = b": keep-alive\n\n"
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:

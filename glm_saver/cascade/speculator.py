@@ -45,6 +45,7 @@ from glm_saver.cascade.scoring import DraftFacts, Score, best_draft, score_draft
 from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.events import CALL_KEY
 from glm_saver.failures import is_unreachable
+from glm_saver.keepalive import hold_open
 from glm_saver.reasoning import room_for_retry, spent_on_reasoning, with_room
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
@@ -348,7 +349,16 @@ class Speculator:
         verify band included). An unfinished prefix cannot be verified (Cerebras would need the
         whole draft, and the client would wait for it): outside the accept band it goes to Cerebras,
         which then streams its own answer live.
+
+        Drafting (and a verify) may outlast a client's or a proxy's idle timeout: past
+        `open_after_seconds` the response opens under the headers true now, with keep-alives, and
+        the outcome follows as SSE comments (keepalive.py); it is in /stats and the log as always.
         """
+        deciding = {
+            "x-glm-saver-route": "cascade",
+            "x-glm-saver-reason": f"cascade-deciding: {self.settings.strategy} had not decided when the stream opened; the outcome follows as an SSE comment",
+        }
+        hold_open(deciding, self.options.open_after_seconds, self.options.keepalive_seconds)
         drafts, failures = await self._drafts(data, view, self._live_draft)
         if not drafts:
             return self._no_drafts(failures, decision)

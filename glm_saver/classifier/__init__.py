@@ -4,7 +4,8 @@
   (keywords, regex rules, length against `token_threshold`), custom classifiers by dotted path;
 - learned.py: the learned part of the score (weights in scorer_weights.json, written by
   training/train_scorer.py) over semantic.py (what the ask means: an offline WordLlama embedding,
-  and the conversation's earlier asks as context) and features.py (the ask's shape);
+  and the conversation's earlier asks as context), kinds.py (the kind of ask: reasoning, code and
+  math against writing, chat, ...) and features.py (the ask's shape);
 - calibration.py: the threshold for a `target_cloud_share` from a traffic sample.
 
     from glm_saver.classifier import ComplexityClassifier

@@ -3,6 +3,8 @@
 Inputs (the same functions feed training/train_scorer.py, so the model sees what it was fitted on):
 - the meaning of the ask: its unit-length WordLlama embedding (semantic.py), read with the end of
   the conversation's earlier asks as context;
+- the kind of ask: how much of it is reasoning, code or math, by its likeness to fixed
+  descriptions of kinds (kinds.py), from the same embedding; one fitted weight;
 - its shape: length, lines, numbers, math, code, names from a codebase, ... (features.py).
 It adds to the rule evidence of the classifier (keywords, length against `token_threshold`, regex
 rules), which it was fitted on top of, so a configured keyword moves the score by its weight.
@@ -24,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from glm_saver.classifier.features import DENSE_NAMES, extract
+from glm_saver.classifier.kinds import HARD_KINDS, Kinds
 from glm_saver.classifier.semantic import DIMENSIONS, Embedder, embedder, embedding_text
 
 WEIGHTS_FILE = "scorer_weights.json"
-FORMAT = 2
+FORMAT = 3
 # The reason for the meaning names the ask's tokens that pushed hardest in its direction.
 _REASON_TOKENS = 2
 
@@ -55,9 +58,12 @@ class LearnedModel:
         if self.semantic_weights.shape != (DIMENSIONS,):
             raise ValueError(f"scorer weights: {len(self.semantic_weights)} semantic weights, expected {DIMENSIONS}")
         self.semantic_reference = float(semantic["reference"])
+        self.kind_weight = float(data["kind"]["weight"])
+        self.kind_reference = float(data["kind"]["reference"])
         self.reference_quantiles: list[float] = [float(q) for q in data.get("reference_quantiles", [])]
         self.info: dict[str, Any] = data.get("info", {})
         self._embeddings = embeddings or embedder()
+        self._kinds = Kinds(self._embeddings)
         # Each vocabulary token's projection on the weights: names the tokens behind the meaning.
         self._token_push = self._embeddings.table @ self.semantic_weights
         self._nameable = self._embeddings.nameable()
@@ -70,14 +76,22 @@ class LearnedModel:
             value = weight * (features.dense[name] - reference)
             if value:
                 contributions.append(Contribution(value, DENSE_NAMES[name]))
-        contributions.append(self._meaning(embedding_text(ask, context)))
+        ids = self._embeddings.token_ids(embedding_text(ask, context))
+        vector = self._embeddings.vector_of(ids)
+        contributions.append(self._meaning(ids, vector))
+        if self.kind_weight:
+            contributions.append(self._kind(vector))
         return self.intercept, contributions
 
-    def _meaning(self, text: str) -> Contribution:
-        ids = self._embeddings.token_ids(text)
-        vector = self._embeddings.vector_of(ids)
+    def _meaning(self, ids: list[int], vector: np.ndarray) -> Contribution:
         value = float(vector @ self.semantic_weights) - self.semantic_reference
         return Contribution(value, f"meaning of the ask ({self._leading_tokens(ids, value > 0)})")
+
+    def _kind(self, vector: np.ndarray) -> Contribution:
+        share = self._kinds.hard_share(vector)
+        value = self.kind_weight * (share - self.kind_reference)
+        hard = "/".join(HARD_KINDS)
+        return Contribution(value, f"kind of ask (most like {self._kinds.nearest(vector)}; {share:.0%} {hard})")
 
     def _leading_tokens(self, ids: list[int], harder: bool) -> str:
         """The ask's words whose meaning pushes hardest in the score's direction, for the reason."""

@@ -99,8 +99,9 @@ def last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-def _chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool to call, or None when the request should get text.
+def _chosen_tool(body: dict[str, Any], preferred: str | None = None) -> dict[str, Any] | None:
+    """The tool to call, or None when the request should get text: the one the request's
+    ``tool_choice`` names, else ``preferred`` when it is offered, else the first one offered.
 
     A tool is called only right after a user turn: once a tool result (``role: tool``) is the
     last message, the agent loop expects the model to say something, which ends the loop.
@@ -117,7 +118,7 @@ def _chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
         for tool in tools:
             if tool["function"].get("name") == wanted:
                 return tool["function"]
-    return tools[0]["function"]
+    return next((tool["function"] for tool in tools if tool["function"].get("name") == preferred), tools[0]["function"])
 
 
 _EXAMPLE_VALUES: dict[str, Any] = {
@@ -131,13 +132,18 @@ _EXAMPLE_VALUES: dict[str, Any] = {
 
 
 def example_arguments(parameters: dict[str, Any] | None) -> str:
-    """A small JSON object that fits the schema's required properties (or its first one)."""
+    """A small JSON object that fits the schema's required properties (or its first one), strings
+    as long as their ``minLength`` asks (a client that validates arguments accepts it)."""
     properties = (parameters or {}).get("properties") or {}
     names = (parameters or {}).get("required") or list(properties)[:1]
     arguments = {}
     for name in names:
-        kind = (properties.get(name) or {}).get("type", "string")
-        arguments[name] = _EXAMPLE_VALUES.get(kind if isinstance(kind, str) else "string", "example")
+        schema = properties.get(name) or {}
+        kind = schema.get("type", "string")
+        value = _EXAMPLE_VALUES.get(kind if isinstance(kind, str) else "string", "example")
+        if isinstance(value, str):
+            value = value.ljust(int(schema.get("minLength") or 0), ".")
+        arguments[name] = value
     return json.dumps(arguments)
 
 
@@ -148,6 +154,7 @@ def plan_answer(
     rules: list[ReplyRule],
     call_id: str,
     reasoning: str | None = None,
+    tool: str | None = None,
 ) -> Answer:
     """Decide the (deterministic) answer to a chat request.
 
@@ -174,10 +181,10 @@ def plan_answer(
         if thought_cut or limit <= 0:
             # The budget went on thinking: nothing is left for the answer.
             return Answer("", None, "length", completion_tokens=0, **common)
-    tool = _chosen_tool(body)
-    if tool is not None:
+    chosen = _chosen_tool(body, tool)
+    if chosen is not None:
         # Arguments are never cut by max_tokens: a tool call must stay valid JSON.
-        call = ToolCall(call_id, str(tool.get("name", "")), example_arguments(tool.get("parameters")))
+        call = ToolCall(call_id, str(chosen.get("name", "")), example_arguments(chosen.get("parameters")))
         used = tokens.count_tokens(call.name) + tokens.count_tokens(call.arguments)
         return Answer(None, call, "tool_calls", completion_tokens=used, **common)
     reply = rule.reply if rule else default_reply

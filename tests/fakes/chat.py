@@ -153,6 +153,7 @@ class _Exchange:
             rules=self.options.replies,
             call_id=self.call_id,
             reasoning=self.options.reasoning,
+            tool=self.options.tool,
         )
         reserved = answers.reservation(self.body, answer.prompt_tokens)
         limiter = self.fake.limiter

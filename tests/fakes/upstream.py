@@ -62,6 +62,7 @@ class Options:
     api_key: str | None = None  # if set, answer 401 unless "Authorization: Bearer <api_key>"
     pause_after: int | None = None  # streams stop after this many chunks while ``pause`` holds them
     reasoning: str | None = None  # a reasoning model: this thinking comes before every answer
+    tool: str | None = None  # the tool an answer calls when the request offers it (None: the first)
 
 
 class _Server(uvicorn.Server):

@@ -72,7 +72,11 @@ def test_threshold_moves_the_label_not_the_score() -> None:
 def test_replace_default_keywords_drops_the_builtin_list() -> None:
     settings = ClassifierSettings(replace_default_keywords=True, complexity_keywords={"zebra": 1.0})
     assert settings.complexity_keywords == {"zebra": 1.0}
-    assert ComplexityClassifier(settings).classify(ask("refactor the race condition")).label == "simple"
+    verdict = ComplexityClassifier(settings).classify(ask("refactor the race condition"))
+    assert not any("keyword" in reason for reason in verdict.reasons)
+    assert verdict.score < ComplexityClassifier().classify(ask("refactor the race condition")).score
+    rules_only = settings.model_copy(update={"learned_model": False})
+    assert ComplexityClassifier(rules_only).classify(ask("refactor the race condition")).label == "simple"
 
 
 def test_environment_details_and_system_prompt_do_not_make_a_simple_task_complex() -> None:

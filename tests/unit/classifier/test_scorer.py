@@ -114,6 +114,29 @@ def test_a_huge_pasted_ask_is_read_only_up_to_a_bound() -> None:
     assert extract(text).dense["log_chars"] == pytest.approx(math.log1p(len(text)))
 
 
+def kind_of(text: str, context: str = "") -> tuple[float, str]:
+    _, contributions = shipped_model().evidence(text, context)
+    [kind] = [c for c in contributions if c.reason.startswith("kind of ask")]
+    return kind.weight, kind.reason
+
+
+def test_the_kind_of_ask_pushes_code_and_puzzles_up_and_chat_and_writing_down() -> None:
+    code, code_reason = kind_of("Implement a function in python that returns the longest palindromic substring")
+    puzzle, _ = kind_of("A riddle: three boxes are mislabelled. Reason step by step and deduce which box holds the apples")
+    chat, chat_reason = kind_of("hello, how are you today? thanks for the help yesterday")
+    poem, _ = kind_of("Write a poem about the sea for my mother's birthday")
+    assert min(code, puzzle) > 0 > max(chat, poem)
+    assert "most like code" in code_reason and "most like chat" in chat_reason
+
+
+def test_a_short_follow_up_takes_the_kind_of_the_earlier_ask() -> None:
+    follow_up = "now do the same for the second one"
+    alone, _ = kind_of(follow_up)
+    after_code, _ = kind_of(follow_up, "Implement a python function that parses the log file and fix the bug in the regex")
+    after_poem, _ = kind_of(follow_up, "Write a poem about the sea for my mother's birthday")
+    assert after_code > alone > after_poem
+
+
 HARD = "Refactor the scheduler to remove the race condition in the distributed lock"
 
 
