@@ -33,14 +33,13 @@ from glm_saver.callers import caller_label
 from glm_saver.cascade.live import LiveAnswers, stream_live
 from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata, placeholder_mock
 from glm_saver.classifier import Classifier, build_classifier
-from glm_saver.deployments import api_key_configured, group_window
 from glm_saver.events import CALL_KEY, PLAN_KEY, CallRecord, read_failure, read_success
 from glm_saver.failures import no_model_answered, redacted
 from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
-from glm_saver.routing.policy import Route, Windows
+from glm_saver.routing.tiers import Route, Tiers, build_tiers
 from glm_saver.routing.validation import request_problem
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
 
@@ -98,31 +97,31 @@ class GlmSaver(CustomLogger):
         config = config or {}
         self.settings = settings
         self.classifier: Classifier = build_classifier(settings.classifier)
-        self.windows = Windows(local=group_window(config, settings.local_group), cloud=group_window(config, settings.cloud_group))
-        self.cloud_configured = api_key_configured(config, settings.cloud_group) if config else True
+        self.tiers: Tiers = build_tiers(settings, config, self.classifier)
+        self.cloud_configured = self.tiers.strongest.configured
         self.stats = RoutingStats()
-        self._groups: dict[Route, str] = {"local": settings.local_group, "cerebras": settings.cloud_group}
+        paid = [tier.group for tier in self.tiers.ladder if tier.paid]
         # The entry models are Cerebras deployments too when the plugin is bypassed (shipped config).
-        self._cloud_groups = frozenset({settings.cloud_group, *settings.entry_models})
-        self._governed_models = frozenset({settings.local_group, settings.cloud_group, *settings.entry_models})
+        self._cloud_groups = frozenset({*paid, *settings.entry_models})
+        self._governed_models = frozenset({*settings.tier_groups, *settings.entry_models})
         self.headroom: CloudHeadroom | None = None
         if settings.rate_limits.enabled:
-            self.headroom = CloudHeadroom(build_store(Quota, settings, config, namespace="quota"), settings.rate_limits, key=settings.cloud_group)
+            # Cerebras limits each model on its own: one quota per paid tier (entry models share the strongest's).
+            store = build_store(Quota, settings, config, namespace="quota")
+            self.headroom = CloudHeadroom(store, settings.rate_limits, key=settings.cloud_group, groups=paid)
         self.ledger = Ledger(settings, config, config_dir or Path.cwd())
         history_store = build_store(Slot, settings, config, namespace="history", sqlite_path=(config_dir or Path.cwd()) / settings.sqlite_path)
         # On Redis the history is counters every proxy increments, over the books' link.
         self.history = History(getattr(history_store, "link", history_store), settings.history_minutes, settings.local_group)
         self.gate = CloudGate(self.headroom, self.ledger.budgets, self.ledger.prices_of, settings.rate_limits)
-        self.speculator = Speculator(settings, config, cloud_exhausted=self._cloud_unavailable, cloud_gate=self.gate)
+        self.speculator = Speculator(settings, config, cloud_exhausted=self._unavailable, cloud_gate=self.gate)
         self.live = LiveAnswers(settings.speculative.draft_timeout)  # committed drafts awaiting their stream
         self.planner = Planner(
             settings,
             self.classifier,
-            self.windows,
-            self.cloud_configured,
+            self.tiers,
             self.gate,
             self.ledger.budgets,
-            self.ledger.cloud_prices,
             self.speculator,
             self.stats,
         )
@@ -159,21 +158,28 @@ class GlmSaver(CustomLogger):
             self.stats.record_rejection("invalid-request")
             raise client_error(problem.message, param=problem.param)
 
-    async def _cloud_unavailable(self) -> bool:
-        """Whether a Cerebras call now would surely fail (no key, rate-limited until a reset, no store)."""
-        if not self.cloud_configured:
+    async def _unavailable(self, group: str) -> bool:
+        """Whether a call to this paid group now would surely fail (no key, rate-limited until a reset, no store)."""
+        if not self._configured(group):
             return True
         try:
-            return self.headroom is not None and await self.headroom.exhausted()
+            return self.headroom is not None and await self.headroom.exhausted(group)
         except StoreUnavailable:
             return True
 
+    def _configured(self, group: str) -> bool:
+        tier = self.tiers.of_group(group)
+        return tier.configured if tier is not None else self.cloud_configured
+
     def _apply(self, data: dict[str, Any], plan: Plan) -> None:
         """The only writer of the request: its group, clamp, fallbacks, the cascade's answer, the tag."""
-        data["model"] = self._groups[plan.route]
+        data["model"] = group = self.tiers[plan.route].group
         if plan.ticket is not None:
             data["max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"] = plan.ticket.max_tokens
-        if not plan.fallbacks:
+        if plan.fallbacks:
+            # The plan's own list replaces router_settings.fallbacks for this request (LiteLLM's request-level fallbacks).
+            data["fallbacks"] = [{group: [self.tiers[name].group for name in plan.fallbacks]}]
+        else:
             data["disable_fallbacks"] = True
         if plan.mock is not None:
             data["mock_response"] = plan.mock
@@ -214,9 +220,7 @@ class GlmSaver(CustomLogger):
         group = metadata.get("model_group")
         planned = metadata.get(PLAN_KEY)
         tag: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
-        if group == self.settings.local_group:
-            self._hold_local_window(kwargs, tag, group)
-            return None
+        self._hold_window(tag, str(group))
         if group not in self._cloud_groups:
             return None
         depth = int(kwargs.get("fallback_depth") or 0)
@@ -242,13 +246,14 @@ class GlmSaver(CustomLogger):
         if effort is not None and kwargs.get("reasoning_effort") is None:
             kwargs["reasoning_effort"] = effort
 
-    def _hold_local_window(self, kwargs: Mapping[str, Any], tag: Mapping[str, Any], group: str) -> None:
-        tokens = tag.get("prompt_tokens")
-        if isinstance(tokens, int) and not self.windows.fits("local", tokens):
+    def _hold_window(self, tag: Mapping[str, Any], group: str) -> None:
+        """A planned prompt never reaches a tier whose window is too small for it, on any hop."""
+        tokens, tier = tag.get("prompt_tokens"), self.tiers.of_group(group)
+        if isinstance(tokens, int) and tier is not None and not tier.fits(tokens):
             from litellm.exceptions import ContextWindowExceededError
 
             raise ContextWindowExceededError(
-                message=f"glm_saver: the prompt ({tokens} tokens) exceeds the {group} window ({self.windows.local})", model=group, llm_provider="openai"
+                message=f"glm_saver: the prompt ({tokens} tokens) exceeds the {group} window ({tier.window})", model=group, llm_provider="openai"
             )
 
     async def _ticket_for_hop(self, kwargs: Mapping[str, Any], metadata: Mapping[str, Any], tag: Mapping[str, Any], group: str, depth: int) -> Ticket:
@@ -311,7 +316,8 @@ class GlmSaver(CustomLogger):
     # ---- facts coming back --------------------------------------------------------------------
 
     def _route_of_group(self, group: str | None) -> Route | None:
-        return next((route for route, name in self._groups.items() if name == group), None)
+        tier = self.tiers.of_group(group)
+        return tier.name if tier is not None else None
 
     async def async_post_call_response_headers_hook(
         self,
@@ -403,15 +409,17 @@ class GlmSaver(CustomLogger):
             return
         reservation = record.ticket.reservation if record.ticket else None
         try:
-            quota = await self.headroom.observe(record.headers, reservation, record.rate_limited, record.received_at)
+            quota = await self.headroom.observe(record.headers, reservation, record.rate_limited, record.received_at, group=record.group)
         except StoreUnavailable as err:
             logger.error("glm_saver: cerebras' headroom not updated: %s", err)
             return
-        metrics.record_quota(quota)
+        if self.headroom.key_of(record.group) == self.settings.cloud_group:
+            metrics.record_quota(quota)  # the gauges are the strongest model's (as with two tiers)
         if record.rate_limited:
             metrics.CEREBRAS_429.inc()
             self.stats.record_rate_limited()
-            logger.warning("glm_saver: cerebras answered 429; no request goes to it for %.1fs", max(0.0, quota.exhausted_until - time.time()))
+            wait = max(0.0, quota.exhausted_until - time.time())
+            logger.warning("glm_saver: %s answered 429; no request goes to it for %.1fs", record.group, wait)
 
     async def async_filter_deployments(
         self, model: str, healthy_deployments: list[dict[str, Any]], messages: Any, request_kwargs: dict[str, Any] | None = None, parent_otel_span: Any = None
@@ -420,8 +428,8 @@ class GlmSaver(CustomLogger):
         LiteLLM no Cerebras deployment, so direct requests and fallbacks go local instead. A call that
         already holds the gate's ticket for this group was admitted moments ago: no second read of
         the store (a Redis round trip) for it."""
-        if model in self._cloud_groups and not _ticketed(request_kwargs, model) and await self._cloud_unavailable() and self.cloud_configured:
-            logger.warning("glm_saver: cerebras may not be called now; %s has no deployment until it may", model)
+        if model in self._cloud_groups and not _ticketed(request_kwargs, model) and self._configured(model) and await self._unavailable(model):
+            logger.warning("glm_saver: %s may not be called now; it has no deployment until it may", model)
             return []
         return healthy_deployments
 
@@ -434,8 +442,9 @@ class GlmSaver(CustomLogger):
             "plugin": "glm-saver",
             "strategy": self.settings.strategy,
             "entry_models": list(self.settings.entry_models),
-            "local": {"group": self.settings.local_group, "context_window": self.windows.local},
-            "cerebras": {"group": self.settings.cloud_group, "configured": self.cloud_configured, "context_window": self.windows.cloud},
+            "local": {"group": self.settings.local_group, "context_window": self.tiers.local.window},
+            "cerebras": {"group": self.settings.cloud_group, "configured": self.cloud_configured, "context_window": self.tiers.strongest.window},
+            **({"tiers": self.tiers.describe()} if len(self.tiers.ladder) > 2 else {}),
         }
 
     async def stats_snapshot(self) -> dict[str, Any]:
@@ -443,19 +452,45 @@ class GlmSaver(CustomLogger):
             headroom = await self.headroom.describe() if self.headroom is not None else None
             books = await self.ledger.describe()
             history = await self.history.describe()
+            tiers = await self._tiers_snapshot(books) if len(self.tiers.ladder) > 2 else None
         except StoreUnavailable as err:
-            headroom, books, history = None, {"error": str(err), "unbooked": self.ledger.unbooked}, None
+            headroom, books, history, tiers = None, {"error": str(err), "unbooked": self.ledger.unbooked}, None, None
         return {
             "strategy": self.settings.strategy,
             "cerebras_configured": self.cloud_configured,
             **self.stats.snapshot(),
             "books": books,
+            **({"tiers": tiers} if tiers is not None else {}),
             "cerebras_headroom": headroom,
             "speculative": {**self.speculator.stats.snapshot(), **_cascade_books(books)},
             "store": STORE_HEALTH.describe(self.settings.state),
             "history": history,
             "recent_decisions": self.history.recent(),
         }
+
+    async def _tiers_snapshot(self, books: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Each tier's share of the requests and tokens, its cost and savings against always-strongest,
+        read from the books' per-model rows, and its own Cerebras headroom."""
+        rows = books.get("by_model") or {}
+        tallies = [rows.get(tier.group) or Tally().view() for tier in self.tiers.ladder]
+        requests = sum(tally["requests"] for tally in tallies)
+        tokens = sum(tally["total_tokens"] for tally in tallies)
+        described = []
+        for tier, tally, about in zip(self.tiers.ladder, tallies, self.tiers.describe(), strict=True):
+            headroom = await self.headroom.describe(tier.group) if self.headroom is not None and tier.paid else None
+            described.append(
+                {
+                    **about,
+                    "requests": tally["requests"],
+                    "total_tokens": tally["total_tokens"],
+                    "request_share": round(tally["requests"] / requests, 4) if requests else 0.0,
+                    "token_share": round(tally["total_tokens"] / tokens, 4) if tokens else 0.0,
+                    "cost_usd": tally["cost_usd"],
+                    "savings_usd": tally["savings_usd"],
+                    "headroom": headroom,
+                }
+            )
+        return described
 
 
 async def _nothing() -> None:

@@ -8,6 +8,7 @@ the proxy at startup instead of being silently ignored.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -179,6 +180,8 @@ class SpeculativeSettings(_Strict):
         gt=0,
         description="streamed requests: a cascade still deciding after this long opens the response (route header `cascade`) and sends keep-alives",
     )
+    verify_group: str | None = Field(default=None, description="the paid tier whose model verifies drafts (default: the strongest)")
+    answer_group: str | None = Field(default=None, description="the paid tier that answers when a draft is rejected (default: the strongest)")
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> SpeculativeSettings:
@@ -229,6 +232,42 @@ class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class TierSettings(_Strict):
+    """One rung of the ladder of model groups, cheapest first; the score picks the rung by bands."""
+
+    group: str = Field(min_length=1, description="a model_name of model_list")
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0, description="score at or above which asks go to this tier or a stronger one")
+    target_share: float | None = Field(default=None, gt=0.0, lt=1.0, description="share of a traffic sample this tier takes (all tiers, summing to 1)")
+
+
+# The ends of the ladder keep today's names in headers and /stats, whatever their groups are called.
+LOCAL_TIER = "local"
+STRONGEST_TIER = "cerebras"
+
+
+def _check_bands(tiers: list[TierSettings]) -> None:
+    """Either a threshold on every paid tier (rising), or a target_share on every tier (summing to 1);
+    two tiers may set neither: the classifier's label (threshold, target_cloud_share) is the boundary."""
+    if tiers[0].threshold is not None:
+        raise ValueError(f"the first tier ({tiers[0].group}) takes every score below the next one's threshold: it has no threshold")
+    thresholds = [tier.threshold for tier in tiers[1:]]
+    shares = [tier.target_share for tier in tiers]
+    if any(thresholds) and any(share is not None for share in shares):
+        raise ValueError("set either a threshold per paid tier or a target_share per tier, not both")
+    if any(share is not None for share in shares):
+        if None in shares:
+            raise ValueError("target_share must be set on every tier (they split the traffic sample)")
+        if abs(sum(s for s in shares if s is not None) - 1.0) > 1e-6:
+            raise ValueError(f"target_share of the tiers must sum to 1, got {sum(s for s in shares if s is not None):g}")
+    elif any(thresholds):
+        if None in thresholds:
+            raise ValueError("threshold must be set on every tier but the first")
+        if any(b <= a for a, b in pairwise(t for t in thresholds if t is not None)):
+            raise ValueError(f"thresholds must rise from cheaper to stronger tiers, got {thresholds}")
+    elif len(tiers) > 2:
+        raise ValueError("more than two tiers need a threshold per paid tier or a target_share per tier")
+
+
 class GlmSaverSettings(_Strict):
     """The whole `glm_saver:` section."""
 
@@ -252,10 +291,57 @@ class GlmSaverSettings(_Strict):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     # Per paid group (`cerebras`, an entry model): its reasoning model's defaults.
     reasoning: dict[str, ReasoningSettings] = Field(default_factory=dict)
+    # The model groups from cheapest to strongest; unset: [local_group, cloud_group].
+    tiers: list[TierSettings] | None = Field(default=None, min_length=2)
+    tier_calibration_file: str | None = Field(default=None, description="JSONL of past requests the tiers' target_share is calibrated on")
+
+    @field_validator("tiers")
+    @classmethod
+    def _ladder(cls, tiers: list[TierSettings] | None) -> list[TierSettings] | None:
+        if tiers is None:
+            return None
+        groups = [tier.group for tier in tiers]
+        repeated = sorted({group for group in groups if groups.count(group) > 1})
+        if repeated:
+            raise ValueError(f"each group may be one tier only: {', '.join(repeated)} repeats")
+        named = sorted({LOCAL_TIER, STRONGEST_TIER} & set(groups[1:-1]))
+        if named:
+            raise ValueError(f"{', '.join(named)} names an end of the ladder: a tier between the ends cannot be called that")
+        _check_bands(tiers)
+        return tiers
+
+    @model_validator(mode="after")
+    def _ends_of_the_ladder(self) -> GlmSaverSettings:
+        """With tiers, local_group is the first and cloud_group the strongest (set them or not)."""
+        if self.tiers is None:
+            return self
+        for key, group in (("local_group", self.tiers[0].group), ("cloud_group", self.tiers[-1].group)):
+            if key in self.model_fields_set and getattr(self, key) != group:
+                raise ValueError(f"{key} ({getattr(self, key)}) must be the {'first' if key == 'local_group' else 'last'} of tiers ({group}), or unset")
+            object.__setattr__(self, key, group)
+        return self
+
+    @model_validator(mode="after")
+    def _tier_calibration_has_a_use(self) -> GlmSaverSettings:
+        if self.tier_calibration_file is None:
+            return self
+        if not any(tier.target_share is not None for tier in self.tiers or []):
+            raise ValueError("tier_calibration_file is only used with the tiers' target_share")
+        if not Path(self.tier_calibration_file).is_file():
+            raise ValueError(f"tier_calibration_file {self.tier_calibration_file!r} is not a readable file")
+        return self
+
+    @property
+    def tier_groups(self) -> list[str]:
+        """The model groups from cheapest to strongest."""
+        return [tier.group for tier in self.tiers] if self.tiers else [self.local_group, self.cloud_group]
 
     def reasoning_of(self, group: str) -> ReasoningSettings:
-        """A group's reasoning settings: its own, else the cloud group's, else the defaults."""
-        return self.reasoning.get(group) or self.reasoning.get(self.cloud_group) or ReasoningSettings()
+        """A group's reasoning settings: its own, else (for an entry model, Cerebras' strongest model when
+        the plugin is bypassed) the cloud group's, else the defaults. A cheaper tier never takes the
+        strongest one's: its model may not reason at all."""
+        shared = self.reasoning.get(self.cloud_group) if group in self.entry_models else None
+        return self.reasoning.get(group) or shared or ReasoningSettings()
 
     @field_validator("override_header")
     @classmethod
@@ -305,6 +391,7 @@ def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
     named = {
         "local_group": [settings.local_group],
         "cloud_group": [settings.cloud_group],
+        "tiers": settings.tier_groups,
         "entry_models": settings.entry_models,
         "reasoning": list(settings.reasoning),
     }
@@ -312,7 +399,11 @@ def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
         missing = [name for name in names if name not in groups]
         if missing:
             raise ConfigError(f"{SECTION}.{key}: {', '.join(missing)} not found in model_list (have: {', '.join(sorted(groups))})")
-    overlap = set(settings.entry_models) & {settings.local_group, settings.cloud_group}
+    for key in ("verify_group", "answer_group"):
+        group = getattr(settings.speculative, key)
+        if group is not None and group not in settings.tier_groups[1:]:
+            raise ConfigError(f"{SECTION}.speculative.{key}: {group} is not a paid tier (have: {', '.join(settings.tier_groups[1:])})")
+    overlap = set(settings.entry_models) & set(settings.tier_groups)
     if overlap:
         raise ConfigError(f"{SECTION}.entry_models: {', '.join(sorted(overlap))} is also a routing target")
 

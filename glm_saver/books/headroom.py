@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
@@ -45,6 +45,7 @@ class Quota(BaseModel):
 class Reservation(BaseModel):
     tokens: int
     window: int
+    key: str | None = None  # whose quota (a paid tier's group); None: the headroom's own
 
 
 class HeaderReading(BaseModel):
@@ -228,20 +229,38 @@ def describe(quota: Quota, now: float) -> dict[str, Any]:
 
 
 class CloudHeadroom:
-    """The headroom of one Cerebras budget, kept in a store (memory or Redis) shared by the proxies."""
+    """The headroom of Cerebras' budgets, kept in a store (memory or Redis) shared by the proxies.
+    Cerebras limits each model on its own: every group in `groups` (a paid tier) has its own
+    quota; any other group (an entry model, the strongest tier's model when bypassed) counts on `key`."""
 
-    def __init__(self, store: Store[Quota], settings: RateLimitSettings, key: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store[Quota], settings: RateLimitSettings, key: str, clock: Callable[[], float] = time.time, groups: Sequence[str] = ()) -> None:
         self._store = store
         self._settings = settings
         self._key = key
         self._clock = clock
+        self._groups = frozenset(groups)
 
-    async def admit(self, tokens: int) -> Admission:
-        now = self._clock()
-        return await self._store.update(self._key, lambda quota: admit(quota, tokens, now, self._settings))
+    def key_of(self, group: str | None) -> str:
+        return group if group in self._groups else self._key
+
+    async def admit(self, tokens: int, group: str | None = None) -> Admission:
+        now, key = self._clock(), self.key_of(group)
+
+        def change(quota: Quota) -> tuple[Quota, Admission]:
+            quota, admission = admit(quota, tokens, now, self._settings)
+            if admission.reservation is not None:
+                admission = replace(admission, reservation=admission.reservation.model_copy(update={"key": key}))
+            return quota, admission
+
+        return await self._store.update(key, change)
 
     async def observe(
-        self, headers: Mapping[str, Any] | None, reservation: Reservation | None = None, rate_limited: bool = False, received_at: float | None = None
+        self,
+        headers: Mapping[str, Any] | None,
+        reservation: Reservation | None = None,
+        rate_limited: bool = False,
+        received_at: float | None = None,
+        group: str | None = None,
     ) -> Quota:
         """`received_at`: when the headers arrived. A stream is logged when it ends, long after its
         headers were written; their reset times count from their arrival, not from the log event."""
@@ -253,14 +272,14 @@ class CloudHeadroom:
             updated = observe(rolled(quota, now), reading, anchor, self._settings, reservation, rate_limited)
             return updated, updated
 
-        return await self._store.update(self._key, change)
+        return await self._store.update(self.key_of(group), change)
 
     async def release(self, reservation: Reservation) -> None:
         now = self._clock()
-        await self._store.update(self._key, lambda quota: (release(quota, reservation, now), None))
+        await self._store.update(reservation.key or self._key, lambda quota: (release(quota, reservation, now), None))
 
-    async def exhausted(self) -> bool:
-        return exhausted(await self._store.read(self._key), self._clock())
+    async def exhausted(self, group: str | None = None) -> bool:
+        return exhausted(await self._store.read(self.key_of(group)), self._clock())
 
-    async def describe(self) -> dict[str, Any]:
-        return describe(await self._store.read(self._key), self._clock())
+    async def describe(self, group: str | None = None) -> dict[str, Any]:
+        return describe(await self._store.read(self.key_of(group)), self._clock())

@@ -134,7 +134,7 @@ class Ledger:
         self.budgets = BudgetBook(budget_store, settings)
         shared = getattr(budget_store, "link", None) if settings.state == "redis" else None
         self._books = build_tallies(lambda: build_store(Books, settings, config, namespace="books", sqlite_path=path), shared)
-        groups = {settings.local_group, settings.cloud_group, *settings.entry_models}
+        groups = {*settings.tier_groups, *settings.entry_models}
         self._prices = {group: group_prices(config, group) for group in groups}
         self.cloud_prices = self._prices[settings.cloud_group]
         self._settings = settings

@@ -50,6 +50,7 @@ from glm_saver.reasoning import room_for_retry, spent_on_reasoning, with_room
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
 from glm_saver.routing.policy import Decision
+from glm_saver.routing.tiers import tier_names
 from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
 
 logger = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ class Speculator:
         self,
         settings: GlmSaverSettings,
         config: Mapping[str, Any] | None = None,
-        cloud_exhausted: Callable[[], Awaitable[bool]] | None = None,
+        cloud_exhausted: Callable[[str], Awaitable[bool]] | None = None,
         cloud_gate: CloudGate | None = None,
     ) -> None:
         self.settings = settings
@@ -298,6 +299,10 @@ class Speculator:
         self.gate = ParallelGate(self.options.parallel_retry_seconds)
         self._cloud_exhausted = cloud_exhausted
         self._cloud_gate = cloud_gate
+        # Which paid tiers verify drafts and answer for a rejected one (the strongest unless configured).
+        self._verifier = self.options.verify_group or settings.cloud_group
+        self._answerer = self.options.answer_group or settings.cloud_group
+        self._answer_tier = dict(zip(settings.tier_groups, tier_names(settings.tier_groups), strict=True)).get(self._answerer, "cerebras")
 
     def draft_count(self) -> int:
         return 1 if self.settings.strategy == "speculative_decoding" else self.options.max_concurrent_drafts
@@ -305,8 +310,9 @@ class Speculator:
     async def answer(self, data: Mapping[str, Any], view: RequestView, decision: Decision, key: str = "unknown") -> Outcome:
         """Run the cascade for one request (it writes nothing to the request).
 
-        Returns route "local" with the answer it holds, or route "cerebras" (label "cloud") for the
-        request to be answered by Cerebras itself. `key` pays for the verify call.
+        Returns route "local" with the answer it holds, or the answering tier (label "cloud", the
+        strongest unless `answer_group` says) for the request to be answered by it. `key` pays for
+        the verify call.
         """
         if data.get("stream") is True:
             return await self._streamed(data, view, decision, key)
@@ -319,7 +325,7 @@ class Speculator:
 
     def _no_drafts(self, failures: list[str], decision: Decision) -> Outcome:
         why = ", ".join(sorted(set(failures))) or "no answer"
-        return self._cloud("drafts-failed", f"no local draft ({why}); cerebras answers", decision)
+        return self._cloud("drafts-failed", f"no local draft ({why}); {self._answer_tier} answers", decision)
 
     async def _judge(self, data: Mapping[str, Any], view: RequestView, decision: Decision, draft: Draft, score: Score, summary: str, key: str) -> Outcome:
         """A whole draft, scored: the answer, verified by Cerebras, or Cerebras answers instead."""
@@ -327,11 +333,11 @@ class Speculator:
         if chosen == "accept":
             return self._with_draft(view, decision, draft, "draft-accepted", "confident", summary, spent=(0, 0))
         if chosen == "cloud":
-            if await self._cloud_busy():
+            if await self._cloud_busy(self._answerer):
                 return self._with_draft(
                     view, decision, draft, "draft-accepted", "cloud-unavailable", f"cerebras has no headroom; weak draft returned ({summary})", spent=(0, 0)
                 )
-            return self._cloud("low-confidence", f"{summary}; cerebras answers", decision)
+            return self._cloud("low-confidence", f"{summary}; {self._answer_tier} answers", decision)
         return await self._verify(data, view, decision, draft, summary, key)
 
     # -- streamed: commit on a prefix -----------------------------------------------------------
@@ -367,11 +373,11 @@ class Speculator:
         summary = f"{summary}, committed on {live.tokens} tokens"
         if band(score.confidence, self.options) == "accept":
             return self._live(decision, live, "confident", summary)
-        if await self._cloud_busy():
+        if await self._cloud_busy(self._answerer):
             return self._live(decision, live, "cloud-unavailable", f"cerebras has no headroom; unsure draft streamed ({summary})")
         await live.close()
         reason = "low-confidence" if band(score.confidence, self.options) == "cloud" else "unsure-prefix"
-        return self._cloud(reason, f"{summary}; cerebras answers", decision)
+        return self._cloud(reason, f"{summary}; {self._answer_tier} answers", decision)
 
     async def _live_draft(self, data: Mapping[str, Any], view: RequestView, parallel: bool) -> LiveDraft:
         params = {**draft_params(data, view, self.options, parallel), "stream_options": {"include_usage": True}}
@@ -451,24 +457,24 @@ class Speculator:
 
     # -- verify ---------------------------------------------------------------------------------
 
-    async def _cloud_busy(self) -> bool:
-        return self._cloud_exhausted is not None and await self._cloud_exhausted()
+    async def _cloud_busy(self, group: str) -> bool:
+        return self._cloud_exhausted is not None and await self._cloud_exhausted(group)
 
     async def _verify_ticket(self, key: str, messages: list[dict[str, Any]], view: RequestView) -> Ticket | str:
         """The gate's ticket for the verify call, or why Cerebras may not take it (reason: detail)."""
-        if await self._cloud_busy():
-            return "cerebras has no headroom (rate-limited or not configured)"
+        if await self._cloud_busy(self._verifier):
+            return f"{self._verifier} has no headroom (rate-limited or not configured)"
         if self._cloud_gate is None:
             return "no-gate: the cascade has no gate to Cerebras"
         # A reasoning model thinks before its verdict: room for that on top of the answer's length.
-        asked = with_room(view.max_tokens, self.settings.reasoning_of(self.settings.cloud_group).retry_room)
-        granted = await self._cloud_gate.admit(key, self.settings.cloud_group, prompt_tokens(messages), asked)
+        asked = with_room(view.max_tokens, self.settings.reasoning_of(self._verifier).retry_room)
+        granted = await self._cloud_gate.admit(key, self._verifier, prompt_tokens(messages), asked)
         return granted if isinstance(granted, Ticket) else f"{granted.reason}: {granted.detail}"
 
     async def _verify_call(self, data: Mapping[str, Any], messages: list[dict[str, Any]], ticket: Ticket, key: str) -> Any:
         """The verify call; a verdict left empty because reasoning used its budget is asked once
         more with room, through the gate again (a refusal leaves the empty verdict to fail)."""
-        group = self.settings.cloud_group
+        group = self._verifier
         response = await self._call(group, "verify", messages, verify_params(data, ticket), self.options.verify_timeout, data, ticket)
         room = room_for_retry(ticket.max_tokens, self.settings.reasoning_of(group).retry_room, self.settings.rate_limits.max_tokens_cap)
         if not spent_on_reasoning(response) or room is None or self._cloud_gate is None:
@@ -529,4 +535,4 @@ class Speculator:
     def _cloud(self, reason: str, detail: str, decision: Decision) -> Outcome:
         self.stats.record_outcome("cloud", reason)
         logger.info("glm_saver: speculative cloud (%s)", reason)
-        return Outcome(Decision("cerebras", reason, detail, decision.score, label="cloud"))
+        return Outcome(Decision(self._answer_tier, reason, detail, decision.score, label="cloud"))

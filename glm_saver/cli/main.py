@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from glm_saver.settings import ClassifierSettings, ConfigError, load_config_file, settings_from_config
+from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
 
 
 def _messages_from_input(text: str | None) -> list[dict[str, Any]]:
@@ -29,14 +29,19 @@ def _messages_from_input(text: str | None) -> list[dict[str, Any]]:
 
 def _classify(args: argparse.Namespace) -> int:
     from glm_saver.classifier import build_classifier
+    from glm_saver.routing.tiers import build_tiers
 
-    settings = settings_from_config(load_config_file(args.config)).classifier if args.config else ClassifierSettings()
-    classifier = build_classifier(settings)
+    config = load_config_file(args.config) if args.config else {}
+    settings = settings_from_config(config) if args.config else GlmSaverSettings()
+    classifier = build_classifier(settings.classifier)
     verdict = classifier.classify(_messages_from_input(args.text))
+    tier = build_tiers(settings, config, classifier).band(verdict).name
     if args.json:
-        print(json.dumps(asdict(verdict) if hasattr(verdict, "__dataclass_fields__") else vars(verdict)))
+        shown = asdict(verdict) if hasattr(verdict, "__dataclass_fields__") else vars(verdict)
+        print(json.dumps({**shown, "tier": tier} if args.config else shown))
     else:
-        print(f"{verdict.label}  score={verdict.score:.3f}  (threshold {getattr(classifier, 'threshold', settings.threshold)})")
+        threshold = getattr(classifier, "threshold", settings.classifier.threshold)
+        print(f"{verdict.label}  score={verdict.score:.3f}  (threshold {threshold})  tier {tier}")
         for reason in verdict.reasons:
             print(f"  - {reason}")
     return 0
@@ -44,10 +49,12 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from glm_saver.classifier import build_classifier
+    from glm_saver.routing.tiers import build_tiers
 
-    settings = settings_from_config(load_config_file(args.path))
-    build_classifier(settings.classifier)
-    print(f"{args.path}: OK (strategy {settings.strategy}, entry models {', '.join(settings.entry_models)})")
+    config = load_config_file(args.path)
+    settings = settings_from_config(config)
+    tiers = build_tiers(settings, config, build_classifier(settings.classifier))
+    print(f"{args.path}: OK (strategy {settings.strategy}, entry models {', '.join(settings.entry_models)}, tiers {', '.join(tiers.names)})")
     return 0
 
 
@@ -57,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = commands.add_parser("classify", help="print the complexity verdict for an ask")
     classify.add_argument("text", nargs="?", help="the ask; omit or '-' to read messages JSON (or text) from stdin")
-    classify.add_argument("--config", help="use the classifier settings of this litellm_config.yaml")
+    classify.add_argument("--config", help="use the classifier settings and tiers of this litellm_config.yaml (the JSON then names the tier)")
     classify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     classify.set_defaults(run=_classify)
 

@@ -128,6 +128,7 @@
     show("cascades", spec.cascades, (v) => (v ? `of ${v} cascades` : "no cascade yet"));
     renderHeadroom(stats);
     renderSplit(series);
+    renderTiers(stats.tiers);
     renderBudgets(books.budgets || {});
     renderRecent(stats.recent_decisions || []);
     renderCharts(stats.history);
@@ -197,6 +198,31 @@
     const names = Object.keys(budgets);
     $("#budgets-empty").hidden = names.length > 0;
     $("#budgets").replaceChildren(...names.map((name) => budgetRow(name, budgets[name])));
+  }
+
+  // More than two tiers: one row each (with two, the split and headroom cards say it all).
+  function renderTiers(tiers) {
+    $("#tiers-card").hidden = !tiers;
+    $("#tiers").replaceChildren(
+      ...(tiers || []).map((tier) => {
+        const tr = document.createElement("tr");
+        tr.dataset.tier = tier.name;
+        tr.dataset.requests = String(tier.requests);
+        tr.dataset.cost = String(tier.cost_usd);
+        const room = tier.headroom || {};
+        tr.append(
+          cell(tier.name),
+          cell(tier.group),
+          cell(`${tier.price_per_m.input} / ${tier.price_per_m.output}`, true),
+          cell(`${count(tier.requests)} (${share(tier.request_share)})`, true),
+          cell(`${count(tier.total_tokens)} (${share(tier.token_share)})`, true),
+          cell(usd(tier.cost_usd), true),
+          cell(usd(tier.savings_usd), true),
+          cell(tier.headroom ? count(room.tokens_remaining_minute) : "free", true)
+        );
+        return tr;
+      })
+    );
   }
 
   function cell(text, numeric) {

@@ -2,7 +2,8 @@
 (the plan's first choice, a fallback hop, the cascade's verify).
 
 It clamps max_tokens to the configured cap (Cerebras reserves them up front), reserves the
-request's prompt + max_tokens against Cerebras' headroom, and holds the worst-case cost on every
+request's prompt + max_tokens against the headroom of that group's Cerebras model (each paid tier
+has its own), and holds the worst-case cost on every
 budget of the caller, all or nothing. What it grants is a `Ticket` that travels in the call's
 metadata and is settled by the log event of that call; what it refuses is a `Refusal` with a reason
 code. A store that cannot be reached refuses (money is safe), it never waves a call through.
@@ -88,7 +89,7 @@ class CloudGate:
 
     async def _admit(self, ticket: Ticket, tokens: int) -> Ticket | Refusal:
         if self.headroom is not None:
-            admission = await self._reserve(tokens)
+            admission = await self._reserve(tokens, ticket.group)
             if not admission.admitted:
                 return Refusal(admission.reason, admission.detail, admission.retry_in)
             ticket = ticket.model_copy(update={"reservation": admission.reservation})
@@ -98,14 +99,14 @@ class CloudGate:
             return Refusal("budget", refused.detail, budget=refused)
         return ticket
 
-    async def _reserve(self, tokens: int) -> Admission:
+    async def _reserve(self, tokens: int, group: str) -> Admission:
         assert self.headroom is not None
-        admission = await self.headroom.admit(tokens)
+        admission = await self.headroom.admit(tokens, group)
         wait = admission.retry_in
         if not admission.admitted and wait is not None and wait <= self._rate_limits.wait_for_reset_seconds:
             # Configured: a short wait for Cerebras beats a weaker answer.
             await asyncio.sleep(wait + _RESET_WAIT_SLACK)
-            admission = await self.headroom.admit(tokens)
+            admission = await self.headroom.admit(tokens, group)
         return admission
 
     async def cancel(self, ticket: Ticket) -> None:

@@ -29,7 +29,8 @@ from glm_saver.classifier import Classification, Classifier
 from glm_saver.deployments import Prices
 from glm_saver.request import RequestView
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
-from glm_saver.routing.policy import ROUTES, Decision, RequestTooLarge, Route, Windows, decide
+from glm_saver.routing.policy import Decision, RequestTooLarge, decide
+from glm_saver.routing.tiers import Route, Tier, Tiers
 from glm_saver.settings import GlmSaverSettings
 
 if TYPE_CHECKING:  # the cascade calls through the gate: a type only, no import circle
@@ -37,15 +38,19 @@ if TYPE_CHECKING:  # the cascade calls through the gate: a type only, no import 
 
 logger = logging.getLogger(__name__)
 
-# Reasons that keep a request off Cerebras for money or limits: no fallback may take it there.
-_KEPT_OFF_CLOUD = frozenset({"budget", "key-budget", "store-down", "cerebras-not-configured"})
+# Reasons that keep a request off a stronger tier for money or limits: no fallback may take it there.
+_KEPT_OFF_CLOUD = frozenset({"budget", "key-budget", "store-down"})
+
+
+def _kept_off(reason: str) -> bool:
+    return reason in _KEPT_OFF_CLOUD or reason.startswith("rate-limit-") or reason.endswith("-not-configured")
 
 
 @dataclass(frozen=True)
 class Plan:
     """The decision for one request, as one value."""
 
-    route: Route  # the group that serves the response (a cascade's answer is served on local)
+    route: Route  # the tier that serves the response (a cascade's answer is served on local)
     reason: str  # low-cardinality code, counted in /stats
     detail: str  # human-readable, sent in x-glm-saver-reason
     requested: str  # the model the client asked for
@@ -53,8 +58,8 @@ class Plan:
     prompt_tokens: int
     score: float | None = None
     label: str | None = None  # a speculative outcome (draft-accepted, ...); route stays the group
-    ticket: Ticket | None = None  # the gate's grant for a Cerebras route (clamp, headroom, budget hold)
-    fallbacks: bool = True  # whether LiteLLM may fall back to the other group
+    ticket: Ticket | None = None  # the gate's grant for a paid tier (clamp, headroom, budget hold)
+    fallbacks: tuple[Route, ...] = ()  # the tiers LiteLLM may fall back to, in order (none: no fallback)
     mock: Any = None  # the cascade's answer (a ModelResponse), replayed on the local group
     live: Any = None  # a draft committed on its prefix (cascade/live.py), streamed on the local group
 
@@ -68,12 +73,12 @@ def client_error(message: str, param: str | None = None, code: str | None = None
     return ProxyException(message=message, type="invalid_request_error", param=param, code=400, openai_code=code)
 
 
-def _cloud_busy_error(refusal: Refusal) -> ProxyException:
-    """Too big for local and Cerebras may not take it now: retry after the reset, or a 503 for the store."""
+def _cloud_busy_error(refusal: Refusal, tier: str = "cerebras") -> ProxyException:
+    """Too big for local and no paid tier may take it now: retry after the reset, or a 503 for the store."""
     if refusal.reason == "store-down":
         return ProxyException(message=f"{refusal.detail}, and the prompt does not fit the local model", type="service_unavailable", param=None, code=503)
     retry_after = max(1, int(refusal.retry_in or 60))
-    message = f"cerebras rate limit reached ({refusal.detail}) and the prompt does not fit the local model; retry in {retry_after}s"
+    message = f"{tier} rate limit reached ({refusal.detail}) and the prompt does not fit the local model; retry in {retry_after}s"
     return ProxyException(message=message, type="rate_limit_error", param=None, code=429, headers={"retry-after": str(retry_after)})
 
 
@@ -94,39 +99,38 @@ class Planner:
         self,
         settings: GlmSaverSettings,
         classifier: Classifier,
-        windows: Windows,
-        cloud_configured: bool,
+        tiers: Tiers,
         gate: CloudGate,
         budgets: BudgetBook,
-        cloud_prices: Prices,
         speculator: Speculator,
         stats: RoutingStats,
     ) -> None:
         self.settings = settings
         self.classifier = classifier
-        self.windows = windows
-        self.cloud_configured = cloud_configured
+        self.tiers = tiers
         self.gate = gate
         self.budgets = budgets
-        self.cloud_prices = cloud_prices
         self.speculator = speculator
         self.stats = stats
-        self.groups: dict[Route, str] = {"local": settings.local_group, "cerebras": settings.cloud_group}
         self._config_key_aliases = frozenset(key.alias for key in settings.keys)
+
+    @property
+    def local(self) -> Tier:
+        return self.tiers.local
 
     async def plan(self, data: Mapping[str, Any], view: RequestView, auth: Any, chat: bool) -> Plan:
         """The plan for one request; raises a ProxyException for a request that must be refused."""
         requested = str(data["model"])
         key = key_label(auth)
-        start = Plan("local", "", "", requested, key, view.prompt_tokens)
-        named = next((route for route, group in self.groups.items() if group == requested), None)
-        if named is not None and not self.windows.fits(named, view.prompt_tokens):
+        start = Plan(self.local.name, "", "", requested, key, view.prompt_tokens)
+        named = self.tiers.of_group(requested)
+        if named is not None and not named.fits(view.prompt_tokens):
             self.stats.record_rejection("context-window")
             raise client_error(
                 f"the prompt is about {view.prompt_tokens} tokens, more than the context window of {requested}", "messages", "context_length_exceeded"
             )
         try:
-            decision = await self._budget_decision(auth, key, view) or self.decide(view, named or self._override(data), chat)
+            decision = await self._budget_decision(auth, key, view) or self.decide(view, named.name if named else self._override(data), chat)
         except RequestTooLarge as err:
             self.stats.record_rejection("context-window")
             raise client_error(str(err), param="messages", code="context_length_exceeded") from None
@@ -146,15 +150,15 @@ class Planner:
                 mock=outcome.mock,
                 live=outcome.live,
             )
-        if plan.route == "cerebras":
+        if self.tiers[plan.route].paid:
             plan = await self._through_gate(plan, view)
-        return replace(plan, fallbacks=self._may_fall_back(plan))
+        return replace(plan, fallbacks=self._fallbacks(plan))
 
     def decide(self, view: RequestView, override: Route | None = None, chat: bool = True) -> Decision:
         decision = decide(
             self.settings.strategy,
             view.prompt_tokens,
-            self.windows,
+            self.tiers,
             lambda: self._classify(view),
             override,
             has_tools=view.has_tools,
@@ -162,16 +166,18 @@ class Planner:
             speculate_with_tools=self.settings.speculative.speculate_with_tools,
             speculate=chat,
         )
-        return decision if self.cloud_configured or decision.route != "cerebras" else self._local_instead(view, decision)
+        return decision if self.tiers[decision.route].configured else self._configured_instead(view, decision)
 
-    def _local_instead(self, view: RequestView, wanted: Decision) -> Decision:
-        """Without a Cerebras key every cloud call would fail: answer locally while the prompt fits."""
-        if not self.windows.fits("local", view.prompt_tokens):
+    def _configured_instead(self, view: RequestView, wanted: Decision) -> Decision:
+        """Without its API key every call to a tier would fail: the nearest tier that has one and fits."""
+        instead = next((tier for tier in self.tiers.nearest(wanted.route, view.prompt_tokens) if tier.configured), None)
+        if instead is None:
             raise RequestTooLarge(
                 f"the prompt is about {view.prompt_tokens} tokens, more than the local model's context window "
-                f"({self.windows.local}), and cerebras is not configured (no API key)"
+                f"({self.local.window}), and {wanted.route} is not configured (no API key)"
             )
-        return Decision("local", "cerebras-not-configured", f"cerebras has no API key (wanted cerebras: {wanted.reason})", wanted.score)
+        why = f"{wanted.route}-not-configured"
+        return Decision(instead.name, why, f"{wanted.route} has no API key (wanted {wanted.route}: {wanted.reason})", wanted.score)
 
     async def _budget_decision(self, auth: Any, key: str, view: RequestView) -> Decision | None:
         """A spent budget decides on its own: `local` answers locally at no cost, `reject` refuses."""
@@ -179,46 +185,73 @@ class Planner:
         if spent is not None:
             name, budget, use = spent
             detail = f"budget {name} spent (${use.spent_usd:.4f} of ${budget.limit_usd:.2f}, {budget.period})"
-            if budget.action == "reject" or not self.windows.fits("local", view.prompt_tokens):
+            if budget.action == "reject" or not self.local.fits(view.prompt_tokens):
                 self.stats.record_rejection("budget")
                 raise _budget_error(detail, budget.period)
-            return Decision("local", "budget", detail)
-        if key not in self._config_key_aliases and _litellm_key_nearly_spent(auth, view, self.cloud_prices):
-            return Decision("local", "key-budget", f"LiteLLM key budget ${auth.max_budget:.2f} nearly spent (${auth.spend:.4f})")
+            return Decision(self.local.name, "budget", detail)
+        if key not in self._config_key_aliases and _litellm_key_nearly_spent(auth, view, self.tiers.strongest.prices):
+            return Decision(self.local.name, "key-budget", f"LiteLLM key budget ${auth.max_budget:.2f} nearly spent (${auth.spend:.4f})")
         return None
 
     async def _through_gate(self, plan: Plan, view: RequestView) -> Plan:
-        """Cerebras only with the gate's ticket (clamp, headroom, budget hold); else local, or refused."""
-        granted = await self.gate.admit(plan.key, self.settings.cloud_group, view.prompt_tokens, view.max_tokens)
+        """A paid tier only with the gate's ticket (clamp, headroom, budget hold). A tier without
+        headroom hands the request to the nearest tier that can take it: a cheaper one whose window
+        fits, else a stronger one with room (its own ticket holds the budget); else it is refused."""
+        wanted = self.tiers[plan.route]
+        granted = await self.gate.admit(plan.key, wanted.group, view.prompt_tokens, view.max_tokens)
         if isinstance(granted, Ticket):
             return replace(plan, ticket=granted)
-        if granted.budget is not None and (granted.budget.budget.action == "reject" or not self.windows.fits("local", view.prompt_tokens)):
+        if granted.budget is not None:
+            return self._over_budget(plan, granted)
+        for tier in self.tiers.nearest(wanted.name, view.prompt_tokens):
+            if not tier.configured:
+                continue
+            ticket = await self.gate.admit(plan.key, tier.group, view.prompt_tokens, view.max_tokens) if tier.paid else None
+            if isinstance(ticket, Refusal):
+                if ticket.budget is not None:
+                    return self._over_budget(plan, ticket)
+                continue
+            self._count_shift(granted, wanted.name, tier.name)
+            wanted_too = f"{wanted.name}: {granted.detail}" if len(self.tiers.ladder) > 2 else granted.detail
+            return replace(
+                plan, route=tier.name, reason=granted.reason, detail=f"{wanted_too} (wanted {wanted.name}: {plan.reason})", label=None, ticket=ticket
+            )
+        self.stats.record_rejection(granted.reason)
+        raise _cloud_busy_error(granted, wanted.name)
+
+    def _over_budget(self, plan: Plan, refusal: Refusal) -> Plan:
+        """A budget the paid call would overrun: local (at no cost) when its window fits and the budget says so."""
+        assert refusal.budget is not None
+        if refusal.budget.budget.action == "reject" or not self.local.fits(plan.prompt_tokens):
             self.stats.record_rejection("budget")
-            raise _budget_error(granted.detail, granted.budget.budget.period)
-        if not self.windows.fits("local", view.prompt_tokens):
-            self.stats.record_rejection(granted.reason)
-            raise _cloud_busy_error(granted)
-        if granted.reason.startswith("rate-limit-"):
-            self.stats.record_shift(granted.reason)
-            metrics.RATE_LIMIT_SHIFTS.labels(reason=granted.reason).inc()
-        logger.warning("glm_saver: cerebras may not take this request now, routing local (%s)", granted.reason)
-        return replace(plan, route="local", reason=granted.reason, detail=f"{granted.detail} (wanted cerebras: {plan.reason})", label=None)
+            raise _budget_error(refusal.detail, refusal.budget.budget.period)
+        logger.warning("glm_saver: %s would overrun a budget, routing local", plan.route)
+        return replace(plan, route=self.local.name, reason=refusal.reason, detail=f"{refusal.detail} (wanted {plan.route}: {plan.reason})", label=None)
+
+    def _count_shift(self, refusal: Refusal, wanted: Route, taken: Route) -> None:
+        if refusal.reason.startswith("rate-limit-"):
+            self.stats.record_shift(refusal.reason)
+            metrics.RATE_LIMIT_SHIFTS.labels(reason=refusal.reason).inc()
+        logger.warning("glm_saver: %s may not take this request now, routing to %s (%s)", wanted, taken, refusal.reason)
 
     def _store_down(self, plan: Plan, why: str) -> Plan:
         refusal = Refusal("store-down", f"{why}; paid models are off until it answers")
-        if not self.windows.fits("local", plan.prompt_tokens):
+        if not self.local.fits(plan.prompt_tokens):
             self.stats.record_rejection("store-down")
             raise _cloud_busy_error(refusal)
         logger.warning("glm_saver: %s; answering locally", why)
-        return replace(plan, route="local", reason="store-down", detail=refusal.detail, fallbacks=False)
+        return replace(plan, route=self.local.name, reason="store-down", detail=refusal.detail, fallbacks=())
 
-    def _may_fall_back(self, plan: Plan) -> bool:
-        """Fallbacks only where they cannot break the plan: never to Cerebras for a request kept off
-        it for money or limits, never to local for a prompt its window cannot take."""
-        if plan.route == "cerebras":
-            return self.windows.fits("local", plan.prompt_tokens)
-        kept_off = plan.reason in _KEPT_OFF_CLOUD or plan.reason.startswith("rate-limit-")
-        return not kept_off and self.windows.fits("cerebras", plan.prompt_tokens)
+    def _fallbacks(self, plan: Plan) -> tuple[Route, ...]:
+        """Where LiteLLM may fall back to, nearest first, only where it cannot break the plan: never
+        to a stronger tier for a request kept off it for money or limits, never to a tier whose
+        window cannot take the prompt, never to a tier without its API key."""
+        if plan.reason == "store-down":
+            return ()
+        rank = self.tiers[plan.route].rank
+        kept_off = _kept_off(plan.reason)
+        nearest = self.tiers.nearest(plan.route, plan.prompt_tokens)
+        return tuple(tier.name for tier in nearest if tier.configured and not (kept_off and tier.rank > rank))
 
     def _classify(self, view: RequestView) -> Classification:
         verdict = self.classifier.classify(view.messages)
@@ -231,10 +264,9 @@ class Planner:
         raw = next((value for name, value in headers.items() if name.lower() == self.settings.override_header), None)
         if raw is None:
             return None
-        wanted = str(raw).strip().lower()
-        if wanted == "local":
-            return "local"
-        if wanted == "cerebras":
-            return "cerebras"
+        wanted = self.tiers.named(str(raw).strip().lower())
+        if wanted is not None:
+            return wanted.name
         self.stats.record_rejection("bad-override-header")
-        raise client_error(f"header {self.settings.override_header} must be one of: {', '.join(ROUTES)}", param=self.settings.override_header)
+        names = ", ".join(self.tiers.names)
+        raise client_error(f"header {self.settings.override_header} must be one of: {names}", param=self.settings.override_header)

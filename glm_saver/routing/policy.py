@@ -10,84 +10,80 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from glm_saver.classifier import Classification
+from glm_saver.routing.tiers import Route, Tiers
 from glm_saver.settings import Strategy
-
-Route = Literal["local", "cerebras"]
-ROUTES: tuple[Route, ...] = ("local", "cerebras")
 
 
 @dataclass(frozen=True)
 class Decision:
-    route: Route
+    route: Route  # a tier's name
     reason: str  # low-cardinality code, counted in /stats
     detail: str  # human-readable, sent in x-glm-saver-reason
     score: float | None = None
     speculate: bool = False  # run the draft/verify cascade instead of routing straight
     # What the headers and /stats call the route when it is not plain `route` (draft-accepted,
-    # draft-verified, draft-corrected, cloud); `route` stays the group that serves the response.
+    # draft-verified, draft-corrected, cloud); `route` stays the tier that serves the response.
     label: str | None = None
 
 
 SPECULATIVE_STRATEGIES = frozenset({"speculative_decoding", "parallel_speculative", "smart_speculative"})
 
 
-@dataclass(frozen=True)
-class Windows:
-    """Context windows (max input tokens) of the two targets; None = unknown, assume it fits."""
-
-    local: int | None
-    cloud: int | None
-
-    def fits(self, route: Route, tokens: int) -> bool:
-        window = self.local if route == "local" else self.cloud
-        return window is None or tokens <= window
-
-
 class RequestTooLarge(ValueError):
     """The prompt is bigger than every model's context window."""
 
 
-def _other(route: Route) -> Route:
-    return "cerebras" if route == "local" else "local"
-
-
-def _speculative(strategy: Strategy, classify: Callable[[], Classification], has_tools: bool, speculate_with_tools: bool) -> Decision:
+def _speculative(strategy: Strategy, tiers: Tiers, classify: Callable[[], Classification], has_tools: bool, speculate_with_tools: bool) -> Decision:
+    local = tiers.local.name
     if has_tools and not speculate_with_tools:
-        routed = _by_strategy("smart_routing", classify)
+        routed = _by_strategy("smart_routing", tiers, classify)
         return Decision(routed.route, routed.reason, f"{routed.detail}; tools are not speculated", routed.score)
     if strategy != "smart_speculative":
-        return Decision("local", "speculative", f"strategy {strategy}", speculate=True)
+        return Decision(local, "speculative", f"strategy {strategy}", speculate=True)
     verdict = classify()
     top = "; ".join(verdict.reasons[:2])
     if verdict.label == "simple":
-        return Decision("local", "classifier-simple", f"simple (score {verdict.score:.2f}: {top})", verdict.score)
-    return Decision("local", "speculative", f"complex (score {verdict.score:.2f}: {top})", verdict.score, speculate=True)
+        return Decision(local, "classifier-simple", f"simple (score {verdict.score:.2f}: {top})", verdict.score)
+    return Decision(local, "speculative", f"complex (score {verdict.score:.2f}: {top})", verdict.score, speculate=True)
+
+
+def _banded(tiers: Tiers, verdict: Classification) -> Decision:
+    """The tier the score's band names; with more than two tiers the reason says which band."""
+    tier = tiers.band(verdict)
+    top = "; ".join(verdict.reasons[:2])
+    if tiers.thresholds is None:
+        return Decision(tier.name, f"classifier-{verdict.label}", f"{verdict.label} (score {verdict.score:.2f}: {top})", verdict.score)
+    reason = "classifier-simple" if tier.rank == 0 else "classifier-complex" if tier is tiers.strongest else f"classifier-{tier.name}"
+    low = f"{tiers.thresholds[tier.rank - 1]:.2f}" if tier.rank else "0"
+    high = f"{tiers.thresholds[tier.rank]:.2f}" if tier.rank < len(tiers.thresholds) else "1"
+    return Decision(tier.name, reason, f"{tier.name} band [{low}, {high}) (score {verdict.score:.2f}: {top})", verdict.score)
 
 
 def _by_strategy(
-    strategy: Strategy, classify: Callable[[], Classification], has_tools: bool = False, speculate_with_tools: bool = False, speculate: bool = True
+    strategy: Strategy,
+    tiers: Tiers,
+    classify: Callable[[], Classification],
+    has_tools: bool = False,
+    speculate_with_tools: bool = False,
+    speculate: bool = True,
 ) -> Decision:
     if strategy in SPECULATIVE_STRATEGIES and not speculate:
-        return _by_strategy("smart_routing", classify)
+        return _by_strategy("smart_routing", tiers, classify)
     if strategy in SPECULATIVE_STRATEGIES:
-        return _speculative(strategy, classify, has_tools, speculate_with_tools)
+        return _speculative(strategy, tiers, classify, has_tools, speculate_with_tools)
     if strategy == "always_local":
-        return Decision("local", "strategy", "strategy always_local")
+        return Decision(tiers.local.name, "strategy", "strategy always_local")
     if strategy == "always_cerebras":
-        return Decision("cerebras", "strategy", "strategy always_cerebras")
-    verdict = classify()
-    route: Route = "cerebras" if verdict.label == "complex" else "local"
-    top = "; ".join(verdict.reasons[:2])
-    return Decision(route, f"classifier-{verdict.label}", f"{verdict.label} (score {verdict.score:.2f}: {top})", verdict.score)
+        return Decision(tiers.strongest.name, "strategy", "strategy always_cerebras")
+    return _banded(tiers, classify())
 
 
 def decide(
     strategy: Strategy,
     prompt_tokens: int,
-    windows: Windows,
+    tiers: Tiers,
     classify: Callable[[], Classification],
     override: Route | None = None,
     *,
@@ -95,22 +91,22 @@ def decide(
     speculate_with_tools: bool = False,
     speculate: bool = True,
 ) -> Decision:
-    if not windows.fits("local", prompt_tokens) and not windows.fits("cerebras", prompt_tokens):
-        raise RequestTooLarge(
-            f"the prompt is about {prompt_tokens} tokens, more than every model's context window "
-            f"(local {windows.local}, cerebras {windows.cloud}); shorten the conversation"
-        )
+    if not any(tier.fits(prompt_tokens) for tier in tiers.ladder):
+        windows = ", ".join(f"{tier.name} {tier.window}" for tier in tiers.ladder)
+        raise RequestTooLarge(f"the prompt is about {prompt_tokens} tokens, more than every model's context window ({windows}); shorten the conversation")
     wanted = (
         Decision(override, "override", f"header asked for {override}")
         if override
-        else _by_strategy(strategy, classify, has_tools, speculate_with_tools, speculate)
+        else _by_strategy(strategy, tiers, classify, has_tools, speculate_with_tools, speculate)
     )
-    if windows.fits(wanted.route, prompt_tokens):
+    if tiers.fits(wanted.route, prompt_tokens):
         return wanted
-    window = windows.local if wanted.route == "local" else windows.cloud
+    # Too big for the tier it wanted: the nearest stronger tier that takes it, else the nearest cheaper.
+    rank = tiers[wanted.route].rank
+    instead = sorted(tiers.nearest(wanted.route, prompt_tokens), key=lambda tier: (tier.rank < rank, abs(tier.rank - rank)))[0]
     return Decision(
-        _other(wanted.route),
+        instead.name,
         "context-window",
-        f"{prompt_tokens} prompt tokens exceed the {wanted.route} window of {window} (wanted {wanted.route}: {wanted.reason})",
+        f"{prompt_tokens} prompt tokens exceed the {wanted.route} window of {tiers[wanted.route].window} (wanted {wanted.route}: {wanted.reason})",
         wanted.score,
     )

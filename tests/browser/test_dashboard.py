@@ -240,3 +240,32 @@ def test_it_fits_a_phone_and_follows_dark_mode(browser: Browser, proxy: Proxy, t
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("GLM_SAVER_SCREENSHOTS"):  # `GLM_SAVER_SCREENSHOTS=1 pytest tests/browser` refreshes docs/
         shutil.copy(shot, REPO / "docs" / shot.name)
+
+
+MIDDLE = "Write a python function that parses an ISO date string and returns a datetime"
+BANDS = [{"group": "local"}, {"group": "cerebras-oss", "threshold": 0.3}, {"group": "cerebras", "threshold": 0.9}]
+
+
+def page_tiers(page: Page) -> list[tuple[str, int, float]]:
+    rows = page.evaluate("[...document.querySelectorAll('#tiers tr')].map(tr => [tr.dataset.tier, tr.dataset.requests, tr.dataset.cost])")
+    return [(name, int(requests), float(cost)) for name, requests, cost in rows]
+
+
+def test_two_tiers_show_no_tier_table(browser: Browser, proxy: Proxy) -> None:
+    page = live(open_dashboard(browser, proxy))
+    expect(page.locator("#tiers-card")).to_be_hidden()
+    assert "tiers" not in stats(proxy).json()
+
+
+def test_three_tiers_show_a_row_per_tier_as_stats_counts_them(browser: Browser, start_proxy: Callable[..., Proxy], cerebras: FakeUpstream) -> None:
+    proxy = start_proxy(cerebras=cerebras, tiers=True, glm_saver={"tiers": BANDS})
+    assert [ask(proxy, text) for text in (SIMPLE, MIDDLE, MIDDLE, COMPLEX)] == ["local", "cerebras-oss", "cerebras-oss", "cerebras"]
+    stats_holding(proxy, 4)
+    page = live(open_dashboard(browser, proxy))
+    expect(page.locator("#tiers-card")).to_be_visible(timeout=WAIT_MS)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while (shown := page_tiers(page)) != (expected := [(t["name"], t["requests"], t["cost_usd"]) for t in stats(proxy).json()["tiers"]]):
+        assert time.monotonic() < deadline, f"the page shows {shown}, /stats says {expected}"
+        time.sleep(0.1)
+    assert [(name, requests) for name, requests, _ in shown] == [("local", 1), ("cerebras-oss", 2), ("cerebras", 1)]
+    assert shown[1][2] > 0 and shown[0][2] == 0

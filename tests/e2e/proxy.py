@@ -70,9 +70,30 @@ def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def proxy_config(local_url: str, *, local_window: int | None = None, cloud_window: int | None = None, **changes: Any) -> dict[str, Any]:
-    """The shipped config, with the local group pointed at `local_url` and `changes` merged in."""
-    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+def two_tiers(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with only its cheapest and strongest tiers: the simplest config, as it was before
+    the shipped one had a tier between them (local_group / cloud_group, split by the classifier)."""
+    section = config.get("glm_saver") or {}
+    ladder = [tier["group"] for tier in section.pop("tiers", None) or []]
+    middle = set(ladder[1:-1])
+    if ladder:
+        section.update(local_group=ladder[0], cloud_group=ladder[-1])
+    config["model_list"] = [entry for entry in config["model_list"] if entry["model_name"] not in middle]
+    router = config.get("router_settings") or {}
+    router["fallbacks"] = [
+        {group: [name for name in names if name not in middle]}
+        for rule in router.get("fallbacks") or []
+        for group, names in rule.items()
+        if group not in middle
+    ]
+    return config
+
+
+def proxy_config(local_url: str, *, local_window: int | None = None, cloud_window: int | None = None, tiers: bool = False, **changes: Any) -> dict[str, Any]:
+    """The shipped config, with the local group pointed at `local_url` and `changes` merged in;
+    with two tiers unless `tiers` (the shipped three-tier ladder) is asked for."""
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config = shipped if tiers else two_tiers(shipped)
     for entry in config["model_list"]:
         info = entry.setdefault("model_info", {})
         if entry["model_name"] == "local":

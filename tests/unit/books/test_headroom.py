@@ -154,3 +154,21 @@ def test_concurrent_admissions_never_over_admit(store_kind: str) -> None:
     if isinstance(store, YieldingStore):
         assert store.conflicts > 0  # the admissions did run concurrently
         assert store.values["cerebras"].reserved_tokens == 50_000
+
+
+def test_each_paid_tier_has_its_own_quota_and_entry_models_share_the_strongest() -> None:
+    store = MemoryStore(Quota)
+    headroom = CloudHeadroom(store, SETTINGS, "cerebras", lambda: NOW, groups=["cerebras-oss", "cerebras"])
+    spent = {"x-ratelimit-remaining-tokens-minute": "1000", "x-ratelimit-reset-tokens-minute": "30"}
+
+    async def scenario() -> tuple[bool, bool, bool, int, int]:
+        await headroom.observe(spent, group="cerebras")
+        strong = await headroom.admit(5_000, "cerebras")
+        entry = await headroom.admit(5_000, "glm-saver")  # the entry model is the strongest model when bypassed
+        cheap = await headroom.admit(5_000, "cerebras-oss")
+        assert cheap.reservation is not None and cheap.reservation.key == "cerebras-oss"
+        held = (await store.read("cerebras-oss")).reserved_tokens
+        await headroom.release(cheap.reservation)
+        return strong.admitted, entry.admitted, cheap.admitted, held, (await store.read("cerebras-oss")).reserved_tokens
+
+    assert asyncio.run(scenario()) == (False, False, True, 5_000, 0)  # released from its own quota

@@ -27,7 +27,8 @@ from glm_saver.cascade.speculator import (
 from glm_saver.classifier import Classification
 from glm_saver.request import RequestView
 from glm_saver.routing.gate import Ticket, clamp
-from glm_saver.routing.policy import Route, Windows, decide
+from glm_saver.routing.policy import decide
+from glm_saver.routing.tiers import Route, Tiers
 from glm_saver.settings import SpeculativeSettings
 
 # build_mock imports litellm: keep it from reaching for the network.
@@ -202,7 +203,7 @@ def test_parallel_gate_closes_for_the_configured_time_after_a_refusal() -> None:
 
 # ---- when the strategies ask for the cascade ------------------------------------------------------
 
-WINDOWS = Windows(local=1000, cloud=100_000)
+WINDOWS = Tiers.of_two(local=1000, cloud=100_000)
 
 
 def verdict(label: str) -> Classification:

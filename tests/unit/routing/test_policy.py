@@ -3,9 +3,10 @@
 import pytest
 
 from glm_saver.classifier import Classification
-from glm_saver.routing.policy import RequestTooLarge, Windows, decide
+from glm_saver.routing.policy import RequestTooLarge, decide
+from glm_saver.routing.tiers import Tiers
 
-WINDOWS = Windows(local=1000, cloud=100_000)
+WINDOWS = Tiers.of_two(local=1000, cloud=100_000)
 
 
 def verdict(label: str) -> Classification:
@@ -45,4 +46,4 @@ def test_too_big_for_every_window_is_rejected() -> None:
 
 
 def test_unknown_windows_never_block() -> None:
-    assert decide("always_local", 10**7, Windows(local=None, cloud=None), never_classify).route == "local"
+    assert decide("always_local", 10**7, Tiers.of_two(local=None, cloud=None), never_classify).route == "local"
