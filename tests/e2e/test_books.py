@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.books import books, books_holding
 from tests.e2e.proxy import MASTER_KEY, Proxy
 from tests.e2e.redis_server import running_redis
 from tests.fakes.upstream import FakeUpstream
@@ -31,22 +32,6 @@ def ask(proxy: Proxy, text: str, *, stream: bool = False, key: str = MASTER_KEY,
     if stream:
         list(parsed)
     return raw.headers
-
-
-def books(proxy: Proxy) -> dict[str, Any]:
-    return httpx.get(f"{proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]
-
-
-def books_holding(proxy: Proxy, requests: int, timeout: float = 20.0) -> dict[str, Any]:
-    """The books once they hold `requests` requests: an answer is booked by the log event that
-    follows the response, so a read right after the response may not see it yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = books(proxy)
-        if current["totals"]["requests"] >= requests:
-            return current
-        assert time.monotonic() < deadline, f"the books hold {current['totals']['requests']} requests, not {requests}, after {timeout}s"
-        time.sleep(0.05)
 
 
 def cerebras_cost(prompt: int, completion: int) -> float:

@@ -308,21 +308,18 @@ def test_the_openai_client_completes_through_keep_alive_comments_while_cerebras_
 ) -> None:
     # A short draft, finished within the commit point, unsure enough for the verify band
     # (agreement 1.00 but token-prob 0.14): it waits on Cerebras, which holds its answer back.
-    saved = (local_upstream.options.replies, cerebras_upstream.options.replies)
-    local_upstream.configure(replies=[ReplyRule("Is 2 + 2 four", "Yes", -2.0)])
-    cerebras_upstream.configure(replies=[ReplyRule("<draft>", "ACCEPT")])
     cerebras_upstream.hold()
-    try:
-        with Relay(parallel.port) as relay:
-            client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=WAIT)
-            stream = client.chat.completions.create(model="glm-saver", messages=[{"role": "user", "content": "Is 2 + 2 four?"}], stream=True)
-            poll(lambda: cerebras_upstream.in_flight >= 1, "the verify call at cerebras", WAIT)
-            poll(lambda: relay.received.count(b": keep-alive\n\n") >= 2, "keep-alive comments while cerebras verifies", WAIT)
-            cerebras_upstream.release()
-            text = "".join(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
-    finally:
-        local_upstream.configure(replies=saved[0])
-        cerebras_upstream.configure(replies=saved[1])
+    with (
+        local_upstream.replying([ReplyRule("Is 2 + 2 four", "Yes", -2.0)]),
+        cerebras_upstream.replying([ReplyRule("<draft>", "ACCEPT")]),
+        Relay(parallel.port) as relay,
+    ):
+        client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=WAIT)
+        stream = client.chat.completions.create(model="glm-saver", messages=[{"role": "user", "content": "Is 2 + 2 four?"}], stream=True)
+        poll(lambda: cerebras_upstream.in_flight >= 1, "the verify call at cerebras", WAIT)
+        poll(lambda: relay.received.count(b": keep-alive\n\n") >= 2, "keep-alive comments while cerebras verifies", WAIT)
+        cerebras_upstream.release()
+        text = "".join(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
     assert text == "Yes"
     [verify] = cerebras_upstream.requests
     assert "<draft>\nYes\n</draft>" in verify.body["messages"][-1]["content"]

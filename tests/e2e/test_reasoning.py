@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from tests import cline_shapes as cline
+from tests.e2e.books import books, books_holding
 from tests.e2e.proxy import MASTER_KEY, Proxy
 from tests.fakes import count_tokens
 from tests.fakes.answers import ReplyRule
@@ -55,21 +54,6 @@ def warm_up(proxy: Proxy) -> None:
 @pytest.fixture(scope="module")
 def client(proxy: Proxy) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
-
-
-def books(proxy: Proxy) -> dict[str, Any]:
-    return httpx.get(f"{proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]
-
-
-def books_after(proxy: Proxy, calls: int, timeout: float = 20.0) -> dict[str, Any]:
-    """The books once they hold `calls` calls (an answer is booked by the log event after it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = books(proxy)
-        if current["totals"]["calls"] >= calls:
-            return current
-        assert time.monotonic() < deadline, f"the books hold {current['totals']['calls']} calls, not {calls}, after {timeout}s"
-        time.sleep(0.05)
 
 
 def ask(text: str = COMPLEX) -> list[dict[str, Any]]:
@@ -144,7 +128,7 @@ def test_the_books_charge_reasoning_tokens_once_as_output_and_show_them(proxy: P
     answer = client.chat.completions.create(model="glm-saver", messages=ask(), stream=stream, **extra)
     if stream:
         list(answer)
-    after = books_after(proxy, before["totals"]["calls"] + 1)
+    after = books_holding(proxy, before["totals"]["calls"] + 1, of="calls")
     (served,) = thinker.served
     assert served.reasoning_tokens == THOUGHT_TOKENS and served.completion_tokens > THOUGHT_TOKENS
 
@@ -173,7 +157,7 @@ def test_an_answer_left_empty_by_reasoning_is_asked_again_with_room_and_the_clie
     assert [request.body.get("max_tokens") for request in thinker.requests] == [small, small + RETRY_ROOM]
     first, second = thinker.served
     assert (first.finish_reason, first.content) == ("length", "")
-    after = books_after(proxy, before["totals"]["calls"] + 2)
+    after = books_holding(proxy, before["totals"]["calls"] + 2, of="calls")
     # Both calls are paid for; the client made one request.
     assert after["totals"]["requests"] - before["totals"]["requests"] == 1
     assert after["by_role"]["retry"]["calls"] - before["by_role"].get("retry", {}).get("calls", 0) == 1
@@ -206,7 +190,7 @@ def test_a_stream_left_empty_by_reasoning_ends_with_an_error_not_an_empty_answer
     assert not any(delta.content for delta in deltas)
     assert not any(chunk.choices and chunk.choices[0].finish_reason for chunk in seen)  # no clean end
     (served,) = thinker.served
-    after = books_after(proxy, before["totals"]["calls"] + 1)
+    after = books_holding(proxy, before["totals"]["calls"] + 1, of="calls")
     assert after["by_model"]["cerebras"]["completion_tokens"] - before["by_model"]["cerebras"]["completion_tokens"] == served.completion_tokens
 
 

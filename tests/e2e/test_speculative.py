@@ -70,12 +70,8 @@ class Cascade:
 @pytest.fixture(scope="module")
 def scripted(local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> Iterator[None]:
     """The session's fakes answer by the scripts above for this module, then as before."""
-    saved = (local_upstream.options, cerebras_upstream.options)
-    local_upstream.configure(replies=LOCAL_RULES)
-    cerebras_upstream.configure(replies=CLOUD_RULES)
-    yield
-    local_upstream.configure(replies=saved[0].replies, latency=saved[0].latency)
-    cerebras_upstream.configure(replies=saved[1].replies, latency=saved[1].latency)
+    with local_upstream.replying(LOCAL_RULES), cerebras_upstream.replying(CLOUD_RULES):
+        yield
 
 
 def _cascade(start_proxy: Callable[..., Proxy], **section: Any) -> Cascade:

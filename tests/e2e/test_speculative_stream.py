@@ -38,12 +38,9 @@ CLOUD_RULES = [ReplyRule("eventual consistency", CONSISTENCY_CLOUD)]
 
 @pytest.fixture(scope="module")
 def scripted(local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> Iterator[None]:
-    saved = (local_upstream.options, cerebras_upstream.options)
-    local_upstream.configure(replies=LOCAL_RULES)
-    cerebras_upstream.configure(replies=CLOUD_RULES)
-    yield
-    local_upstream.configure(replies=saved[0].replies)
-    cerebras_upstream.configure(replies=saved[1].replies)
+    """The session's fakes answer by the scripts above for this module, then as before."""
+    with local_upstream.replying(LOCAL_RULES), cerebras_upstream.replying(CLOUD_RULES):
+        yield
 
 
 @pytest.fixture(scope="module")

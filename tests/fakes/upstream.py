@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -388,6 +388,16 @@ class FakeUpstream:
             changes["replies"] = [ReplyRule.of(rule) for rule in changes["replies"]]
         with self._cond:
             self._options = dataclasses.replace(self._options, **changes)
+
+    @contextlib.contextmanager
+    def replying(self, rules: Sequence[Any]) -> Iterator[None]:
+        """Answer by `rules` inside the block, then with the replies and latency it had before."""
+        saved = self.options
+        self.configure(replies=rules)
+        try:
+            yield
+        finally:
+            self.configure(replies=saved.replies, latency=saved.latency)
 
     def reset_records(self) -> None:
         """Forget requests, answers and counters (requests in flight still count as in flight)."""
