@@ -123,8 +123,10 @@ def test_fetch_from_a_proxy_that_is_not_running_says_so() -> None:
         raise AssertionError("fetch from a closed port succeeded")
 
 
-def test_stats_command_exits_1_with_a_message_when_the_proxy_is_down(capsys, monkeypatch) -> None:
+def test_stats_command_exits_1_with_a_message_when_the_proxy_is_down(capsys, monkeypatch, tmp_path) -> None:
+    # No key anywhere: not in the environment, and no key saved by an earlier `up` in this machine's cache.
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    monkeypatch.setenv("GLM_SAVER_CACHE_DIR", str(tmp_path))
     assert main(["stats", "--url", f"http://127.0.0.1:{_closed_port()}"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach" in err and "LITELLM_MASTER_KEY" in err
