@@ -96,7 +96,9 @@ def install_routes(plugin: StateSource) -> None:
         if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)
     ]
     app.router.routes[:] = [*ours, *kept]
-    from glm_saver import body_guard, keepalive
+    from glm_saver.asgi import install_layer
+    from glm_saver.body_guard import NonObjectBodyGuard
+    from glm_saver.keepalive import KeepAliveLayer
 
-    keepalive.install(app)
-    body_guard.install(app)  # outside the keep-alive layer: a body it refuses never gets a wire
+    install_layer(app, KeepAliveLayer)
+    install_layer(app, NonObjectBodyGuard)  # outside the keep-alive layer: a body it refuses never gets a wire

@@ -8,16 +8,10 @@ once and answers such a body itself, in OpenAI's error shape; every other reques
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_GUARDED_SUFFIXES = ("/chat/completions", "/completions")
+from glm_saver.asgi import is_completion_post
 
 
 def _error_body(kind: str) -> bytes:
@@ -41,7 +35,7 @@ class NonObjectBodyGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "POST" or not str(scope.get("path", "")).endswith(_GUARDED_SUFFIXES):
+        if not is_completion_post(scope):
             await self.app(scope, receive, send)
             return
         messages, body = await _read_body(receive)
@@ -75,11 +69,3 @@ async def _answer_400(send: Send, body: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 400, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def install(app: Any) -> None:
-    """Put the guard in front of the app's middleware stack (built already once the proxy runs)."""
-    if app.middleware_stack is None:
-        app.add_middleware(NonObjectBodyGuard)
-    elif not isinstance(app.middleware_stack, NonObjectBodyGuard):
-        app.middleware_stack = NonObjectBodyGuard(app.middleware_stack)

@@ -24,9 +24,10 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from glm_saver.asgi import is_completion_post
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ KEEPALIVE = b": keep-alive\n\n"
 _SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 # The app's headers that still reach the client, as comments, when the response opened early.
 _REPEATED = frozenset({b"x-glm-saver-route", b"x-glm-saver-reason"})
-_COMPLETION_SUFFIXES = ("/chat/completions", "/completions")
 
 
 class Wire:
@@ -141,7 +141,7 @@ class KeepAliveLayer:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "POST" or not str(scope.get("path", "")).endswith(_COMPLETION_SUFFIXES):
+        if not is_completion_post(scope):
             await self.app(scope, receive, send)
             return
         wire = Wire(send)
@@ -151,16 +151,3 @@ class KeepAliveLayer:
         finally:
             WIRE.reset(token)
             await wire.close()
-
-
-def install(app: Any) -> None:
-    """Put the layer in front of the app's middleware stack, once (a plugin reload finds it there)."""
-    layer = app.middleware_stack
-    for _ in range(64):  # the stack is a short chain of `.app`s ending at the router
-        if isinstance(layer, KeepAliveLayer) or any(entry.cls is KeepAliveLayer for entry in app.user_middleware):
-            return
-        layer = getattr(layer, "app", None)
-    if app.middleware_stack is None:
-        app.add_middleware(KeepAliveLayer)
-    else:
-        app.middleware_stack = KeepAliveLayer(app.middleware_stack)

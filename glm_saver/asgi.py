@@ -1,0 +1,36 @@
+"""The plugin's ASGI layers in front of LiteLLM's app (body_guard.py, keepalive.py): which requests
+they see, and putting a layer in front of the app once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from starlette.types import Scope
+
+_COMPLETION_SUFFIXES = ("/chat/completions", "/completions")
+
+
+def is_completion_post(scope: Scope) -> bool:
+    """A POST to a chat or text completion route: the only requests the layers act on."""
+    return scope.get("type") == "http" and scope.get("method") == "POST" and str(scope.get("path", "")).endswith(_COMPLETION_SUFFIXES)
+
+
+def _stack(app: Any) -> Iterator[Any]:
+    layer = app.middleware_stack
+    for _ in range(64):  # the stack is a short chain of `.app`s ending at the router
+        if layer is None:
+            return
+        yield layer
+        layer = getattr(layer, "app", None)
+
+
+def install_layer(app: Any, layer: type) -> None:
+    """Put `layer` in front of the app's middleware stack (built already once the proxy runs), once:
+    a plugin reload finds it in the stack, under any layer installed after it."""
+    if any(entry.cls is layer for entry in app.user_middleware) or any(isinstance(each, layer) for each in _stack(app)):
+        return
+    if app.middleware_stack is None:
+        app.add_middleware(layer)
+    else:
+        app.middleware_stack = layer(app.middleware_stack)
