@@ -157,6 +157,8 @@ def test_models_and_health(cerebras: FakeUpstream) -> None:
     assert httpx.get(f"{cerebras.url}/nothing-here").status_code == 404
     assert [r.path for r in cerebras.other_requests] == ["/v1/models", "/v1/nothing-here"]
     assert cerebras.requests == []
+    # LiteLLM's model-info refresh (GET /v1/models) is not something a client's call caused.
+    assert [r.path for r in cerebras.prompted_requests] == ["/v1/nothing-here"]
 
 
 def test_api_key_is_enforced_when_set() -> None:

@@ -163,7 +163,7 @@ def test_a_spent_reject_budget_refuses_every_route_to_cerebras_with_429(spent_re
     response = post(spent_reject_key, path, body, bearer(SPENDER))
     assert response.status_code == 429, f"{response.status_code}: {response.text[:300]}"
     assert openai_error(response)["type"] == "budget_exceeded"
-    assert cerebras_upstream.requests == [] and cerebras_upstream.other_requests == []
+    assert cerebras_upstream.prompted_requests == []
 
 
 # Routes a config key may reach (answered by something other than 401/403).
@@ -207,7 +207,7 @@ def test_a_config_key_gets_403_on_every_other_model_route(
     assert response.status_code == 403, f"{response.status_code}: {response.text[:300]}"
     openai_error(response)
     for upstream in (local_upstream, cerebras_upstream):
-        assert upstream.requests == [] and upstream.other_requests == []
+        assert upstream.prompted_requests == []
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [OTHER_ROUTES[0], OTHER_ROUTES[3]], ids=["POST /v1/responses", "GET /v1/files"])

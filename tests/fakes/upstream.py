@@ -251,6 +251,12 @@ class FakeUpstream:
             return [dataclasses.replace(r) for r in self._other_requests]
 
     @property
+    def prompted_requests(self) -> list[RecordedRequest]:
+        """Every request a client's call could have caused: all but LiteLLM's model-info refresh,
+        a ``GET /v1/models`` it sends each deployment at startup and every 300 s on its own clock."""
+        return self.requests + [r for r in self.other_requests if (r.method, r.path) != ("GET", "/v1/models")]
+
+    @property
     def served(self) -> list[ServedAnswer]:
         with self._cond:
             return list(self._served)
