@@ -258,7 +258,7 @@ def test_a_resting_cheap_tier_moves_asks_down_to_local_and_up_only_when_local_is
         assert (status, route) == (200, "local") and reason.startswith("rate-limit-429")  # down: the prompt fits local
         status, route, reason, text = chat(proxy, BIG, tier="cerebras-oss", max_tokens=100_000)
         assert (status, route, text) == (200, "cerebras", "Hello from cerebras.")  # up: only the strong tier has room
-        assert reason.startswith("rate-limit-429: cerebras-oss: cerebras answered 429")
+        assert reason.startswith("rate-limit-429: cerebras-oss: cerebras-oss answered 429")
         assert strong.requests[0].body["max_tokens"] == 16384
         assert len(oss.requests) == 1 and len(local_upstream.requests) == 2
 
@@ -310,6 +310,7 @@ def test_the_cheap_tier_verifies_drafts_and_answers_for_rejected_ones_when_confi
             proxy = launch(local_upstream, oss, strong, strategy="speculative_decoding", speculative=cheap)
             status, route, reason, text = chat(proxy, UNSURE, max_tokens=100_000)
             assert (status, route, text) == (200, "draft-verified", UNSURE_DRAFT), reason
+            assert reason.startswith("verified: cerebras-oss accepted the draft")  # the tier that verified, by name
             (verify,) = oss.requests
             assert "<draft>" in str(verify.body["messages"][-1]["content"]) and verify.body["max_tokens"] <= 16384
 
