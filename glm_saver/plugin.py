@@ -413,8 +413,7 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable as err:
             logger.error("glm_saver: cerebras' headroom not updated: %s", err)
             return
-        if self.headroom.key_of(record.group) == self.settings.cloud_group:
-            metrics.record_quota(quota)  # the gauges are the strongest model's (as with two tiers)
+        metrics.record_quota(self.headroom.key_of(record.group), quota)
         if record.rate_limited:
             metrics.CEREBRAS_429.inc()
             self.stats.record_rate_limited()

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.e2e.books import books, books_holding
-from tests.e2e.proxy import MASTER_KEY, Proxy
+from tests.e2e.proxy import MASTER_KEY, Proxy, metric
 from tests.e2e.redis_server import running_redis
 from tests.fakes.upstream import FakeUpstream
 
@@ -152,12 +152,6 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
     receiver.server.shutdown()
-
-
-def metric(proxy: Proxy, series: str) -> float:
-    text = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True).text
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
-    return values[0] if values else 0.0
 
 
 # A budget holds each Cerebras request's worst case (prompt + max_tokens) while it is in flight: a

@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import CLOUD_WINDOW, LOCAL_WINDOW
 from tests.e2e.polling import poll
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
+from tests.e2e.proxy import MASTER_KEY, Proxy, metric, proxy_config, run_proxy_until_exit
 from tests.fakes.answers import ReplyRule
 from tests.fakes.upstream import FakeUpstream
 
@@ -245,6 +245,11 @@ def test_a_strong_tier_out_of_tokens_moves_its_asks_down_to_the_cheap_tier(launc
         assert headroom["local"] is None
         assert (headroom["cerebras-oss"]["tokens_limit_minute"], headroom["cerebras"]["tokens_limit_minute"]) == (100_000, 40_000)
         assert stats(proxy)["rate_limit_shifts"]["rate-limit-tokens"] == 1
+        # Prometheus: one series per paid tier, each its own model's limit.
+        limits = {group: metric(proxy, f'glm_saver_cerebras_tokens_limit_minute{{group="{group}"}}') for group in ("cerebras-oss", "cerebras")}
+        assert limits == {"cerebras-oss": 100_000, "cerebras": 40_000}
+        remaining = metric(proxy, 'glm_saver_cerebras_tokens_remaining_minute{group="cerebras-oss"}')
+        assert remaining == headroom["cerebras-oss"]["tokens_remaining_minute"] < 100_000
 
 
 def test_a_resting_cheap_tier_moves_asks_down_to_local_and_up_only_when_local_is_too_small(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
