@@ -65,14 +65,14 @@ def _view_of(data: Mapping[str, Any], chat: bool) -> RequestView:
     return RequestView.from_data({**data, "messages": [{"role": "user", "content": text}]})
 
 
-# The books' rows of the cascade: its answers (by route label) and its internal calls (by role).
-_CASCADE_ROUTES = ("draft-accepted", "draft-verified", "draft-corrected", "cloud", "draft", "verify")
+# The books' rows of the cascade: its answers (by route label, with the speculator's cloud_label) and its internal calls (by role).
+_CASCADE_ROUTES = ("draft-accepted", "draft-verified", "draft-corrected", "draft", "verify")
 
 
-def _cascade_books(books: Mapping[str, Any]) -> dict[str, Any]:
+def _cascade_books(books: Mapping[str, Any], cloud_label: str) -> dict[str, Any]:
     """What the cascade's calls cost and saved, read from the books (booked once, there)."""
     routes, roles = books.get("by_route") or {}, books.get("by_role") or {}
-    saved = sum(routes[name]["savings_usd"] for name in _CASCADE_ROUTES if name in routes)
+    saved = sum(routes[name]["savings_usd"] for name in (*_CASCADE_ROUTES, cloud_label) if name in routes)
     return {"by_role": {role: roles.get(role) or Tally().view() for role in ROLES}, "cloud_cost_saved": round(saved, 8)}
 
 
@@ -461,7 +461,7 @@ class GlmSaver(CustomLogger):
             "books": books,
             **({"tiers": tiers} if tiers is not None else {}),
             "cerebras_headroom": headroom,
-            "speculative": {**self.speculator.stats.snapshot(), **_cascade_books(books)},
+            "speculative": {**self.speculator.stats.snapshot(), **_cascade_books(books, self.speculator.cloud_label)},
             "store": STORE_HEALTH.describe(self.settings.state),
             "history": history,
             "recent_decisions": self.history.recent(),

@@ -305,6 +305,9 @@ class Speculator:
         # ... and their tier names, which the details name (`cerebras` for the strongest, as with two tiers).
         names = dict(zip(settings.tier_groups, tier_names(settings.tier_groups), strict=True))
         self._verify_tier, self._answer_tier = names.get(self._verifier, self._verifier), names.get(self._answerer, self._answerer)
+        # The route a rejected draft's answer is shown and booked under: `cloud` with two tiers (one
+        # paid tier, nothing to tell apart), else it names the tier that answers.
+        self.cloud_label = "cloud" if len(settings.tier_groups) == 2 else f"cloud-{self._answer_tier}"
 
     def draft_count(self) -> int:
         return 1 if self.settings.strategy == "speculative_decoding" else self.options.max_concurrent_drafts
@@ -312,8 +315,8 @@ class Speculator:
     async def answer(self, data: Mapping[str, Any], view: RequestView, decision: Decision, key: str = "unknown") -> Outcome:
         """Run the cascade for one request (it writes nothing to the request).
 
-        Returns route "local" with the answer it holds, or the answering tier (label "cloud", the
-        strongest unless `answer_group` says) for the request to be answered by it. `key` pays for
+        Returns route "local" with the answer it holds, or the answering tier (label `cloud_label`,
+        the strongest unless `answer_group` says) for the request to be answered by it. `key` pays for
         the verify call.
         """
         if data.get("stream") is True:
@@ -532,6 +535,6 @@ class Speculator:
         return Outcome(Decision("local", reason, detail, decision.score, label=label), mock)
 
     def _cloud(self, reason: str, detail: str, decision: Decision) -> Outcome:
-        self.stats.record_outcome("cloud", reason)
-        logger.info("glm_saver: speculative cloud (%s)", reason)
-        return Outcome(Decision(self._answer_tier, reason, detail, decision.score, label="cloud"))
+        self.stats.record_outcome(self.cloud_label, reason)
+        logger.info("glm_saver: speculative %s (%s)", self.cloud_label, reason)
+        return Outcome(Decision(self._answer_tier, reason, detail, decision.score, label=self.cloud_label))

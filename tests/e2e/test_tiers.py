@@ -320,9 +320,18 @@ def test_the_cheap_tier_verifies_drafts_and_answers_for_rejected_ones_when_confi
             assert "<draft>" in str(verify.body["messages"][-1]["content"]) and verify.body["max_tokens"] <= 16384
 
             status, route, reason, text = chat(proxy, REFUSED)
-            assert (status, route, text) == (200, "cloud", "Hello from cerebras-oss."), reason
+            assert (status, route, text) == (200, "cloud-cerebras-oss", "Hello from cerebras-oss."), reason  # names the tier that answered
             assert reason.startswith("low-confidence") and reason.endswith("cerebras-oss answers")
             assert strong.requests == []
+            # Booked under the route the client was told, and counted as the cascade's.
+            cascade_rows = ("draft-verified", "cloud-cerebras-oss", "draft", "verify")
+            books = poll(
+                lambda: (now := stats(proxy))["books"]["by_route"].get("cloud-cerebras-oss", {}).get("requests") == 1 and now, "the cloud answer booked", WAIT
+            )
+            assert books["speculative"]["outcomes"] == {"draft-verified": 1, "cloud-cerebras-oss": 1}
+            rows = books["books"]["by_route"]
+            assert rows["cloud-cerebras-oss"]["savings_usd"] > 0  # the cheap tier answered where always-strongest would have
+            assert books["speculative"]["cloud_cost_saved"] == pytest.approx(sum(rows[name]["savings_usd"] for name in cascade_rows if name in rows), abs=1e-8)
     finally:
         local_upstream.configure(replies=saved.replies)
 
