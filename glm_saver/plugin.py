@@ -112,7 +112,7 @@ class GlmSaver(CustomLogger):
         self.ledger = Ledger(settings, config, config_dir or Path.cwd())
         history_store = build_store(Slot, settings, config, namespace="history", sqlite_path=(config_dir or Path.cwd()) / settings.sqlite_path)
         # On Redis the history is counters every proxy increments, over the books' link.
-        self.history = History(getattr(history_store, "link", history_store), settings.history_minutes, settings.local_group)
+        self.history = History(getattr(history_store, "link", history_store), settings.history_minutes, settings.tier_groups)
         self.gate = CloudGate(self.headroom, self.ledger.budgets, self.ledger.prices_of, settings.rate_limits)
         self.speculator = Speculator(settings, config, cloud_exhausted=self._unavailable, cloud_gate=self.gate)
         self.live = LiveAnswers(settings.speculative.draft_timeout)  # committed drafts awaiting their stream

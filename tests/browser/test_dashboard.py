@@ -269,3 +269,11 @@ def test_three_tiers_show_a_row_per_tier_as_stats_counts_them(browser: Browser, 
         time.sleep(0.1)
     assert [(name, requests) for name, requests, _ in shown] == [("local", 1), ("cerebras-oss", 2), ("cerebras", 1)]
     assert shown[1][2] > 0 and shown[0][2] == 0
+    # Who answered: each tier on its own, as the history counts them.
+    paths = {path: sum(bucket["by_path"].get(path, 0) for bucket in stats(proxy).json()["history"]["series"]) for path in ("local", "cerebras-oss", "cerebras")}
+    assert paths == {"local": 1, "cerebras-oss": 2, "cerebras": 1}
+    split = {name: value for name, value in page_figures(page).items() if name.startswith("split-")}
+    assert split == {"split-local": 1, "split-cerebras-oss": 2, "split-cerebras": 1, "split-draft": 0}
+    labels = page.evaluate("[...document.querySelectorAll('#split-facts dt')].map(dt => dt.textContent)")
+    assert labels == ["Local model", "cerebras-oss", "cerebras", "Local draft (cascade)"]
+    assert page.locator("#split span").count() == 4

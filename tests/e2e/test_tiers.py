@@ -165,6 +165,8 @@ def test_books_and_stats_count_each_tier_and_the_budget_counts_every_paid_one(la
             WAIT,
         )
         assert [(t["name"], t["group"]) for t in stats(proxy)["tiers"]] == [("local", "local"), ("cerebras-oss", "cerebras-oss"), ("cerebras", "cerebras")]
+        series = poll(lambda: (now := stats(proxy)["history"]["series"]) and sum(b["requests"] for b in now) == 6 and now, "every answer in the history", WAIT)
+        assert {path: sum(b["by_path"].get(path, 0) for b in series) for path in sent} == sent  # the history's split counts each tier
         assert [t["request_share"] for t in tiers.values()] == [round(n / 6, 4) for n in sent.values()]
         tokens = sum(t["total_tokens"] for t in tiers.values())
         assert [t["token_share"] for t in tiers.values()] == [round(t["total_tokens"] / tokens, 4) for t in tiers.values()]
