@@ -100,7 +100,14 @@
 
   // ---- formatting ------------------------------------------------------------------------------
 
-  const usd = (value) => (value == null ? "–" : `$${Number(value).toFixed(value !== 0 && Math.abs(value) < 1 ? 6 : 2)}`);
+  // Dollars at any size, as glm_saver/money.py: cents at least, else four significant digits ($0.0002), no exponent.
+  const usd = (value) => {
+    if (value == null) return "–";
+    const size = Math.abs(Number(value));
+    const decimals = size === 0 ? 2 : Math.min(8, Math.max(2, 3 - Math.floor(Math.log10(size))));
+    const text = size.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: decimals });
+    return `${value < 0 && /[1-9]/.test(text) ? "-" : ""}$${text}`;
+  };
   const count = (value) => (value == null ? "–" : Number(value).toLocaleString("en-US"));
   const share = (value) => (value == null ? "–" : `${(value * 100).toFixed(1)}%`);
   const seconds = (value) => (value == null ? "–" : value >= 3600 ? `${(value / 3600).toFixed(1)} h` : `${value.toFixed(1)} s`);

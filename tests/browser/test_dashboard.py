@@ -8,6 +8,7 @@ a wrong key or a client key is refused with a clear message; a proxy that goes a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -158,6 +159,9 @@ def test_the_page_shows_what_stats_says_and_follows_new_requests(browser: Browse
     assert page_figures(page)["split-local"] >= 1 and page_figures(page)["split-cerebras"] >= 2
     assert first["cerebras_headroom"]["requests_remaining_day"] < 14_400  # Cerebras' headers reached the page
     assert first["books"]["budgets"]["key:alice"]["alerts_fired"]  # one Cerebras answer passes 5%
+    figures = {name: page.locator(f'[data-budget="{name}"] .label span').text_content() or "" for name in ("global", "key:alice")}
+    assert re.fullmatch(r"\$0\.000\d+ of \$0\.0004 · \d+\.\d%", figures["key:alice"]), figures  # a tiny limit keeps its digits
+    assert re.fullmatch(r"\$0\.000\d+ of \$1\.00 · 0\.0%", figures["global"]), figures
     rows = page_recent(page)
     assert rows[0][1] == "alice" and rows[0][2] == "cerebras"  # newest first, named by alias
     assert page.locator("#chart-cost canvas").count() == 1 and page.locator("#chart-route canvas").count() == 1
