@@ -65,14 +65,14 @@ def _view_of(data: Mapping[str, Any], chat: bool) -> RequestView:
     return RequestView.from_data({**data, "messages": [{"role": "user", "content": text}]})
 
 
-# The books' rows of the cascade: its answers (by route label) and its internal calls (by role).
-_CASCADE_ROUTES = ("draft-accepted", "draft-verified", "draft-corrected", "cloud", "draft", "verify")
+# The books' rows of the cascade: its answers (by route label, with the speculator's cloud_label) and its internal calls (by role).
+_CASCADE_ROUTES = ("draft-accepted", "draft-verified", "draft-corrected", "draft", "verify")
 
 
-def _cascade_books(books: Mapping[str, Any]) -> dict[str, Any]:
+def _cascade_books(books: Mapping[str, Any], cloud_label: str) -> dict[str, Any]:
     """What the cascade's calls cost and saved, read from the books (booked once, there)."""
     routes, roles = books.get("by_route") or {}, books.get("by_role") or {}
-    saved = sum(routes[name]["savings_usd"] for name in _CASCADE_ROUTES if name in routes)
+    saved = sum(routes[name]["savings_usd"] for name in (*_CASCADE_ROUTES, cloud_label) if name in routes)
     return {"by_role": {role: roles.get(role) or Tally().view() for role in ROLES}, "cloud_cost_saved": round(saved, 8)}
 
 
@@ -112,7 +112,7 @@ class GlmSaver(CustomLogger):
         self.ledger = Ledger(settings, config, config_dir or Path.cwd())
         history_store = build_store(Slot, settings, config, namespace="history", sqlite_path=(config_dir or Path.cwd()) / settings.sqlite_path)
         # On Redis the history is counters every proxy increments, over the books' link.
-        self.history = History(getattr(history_store, "link", history_store), settings.history_minutes, settings.local_group)
+        self.history = History(getattr(history_store, "link", history_store), settings.history_minutes, settings.tier_groups)
         self.gate = CloudGate(self.headroom, self.ledger.budgets, self.ledger.prices_of, settings.rate_limits)
         self.speculator = Speculator(settings, config, cloud_exhausted=self._unavailable, cloud_gate=self.gate)
         self.live = LiveAnswers(settings.speculative.draft_timeout)  # committed drafts awaiting their stream
@@ -413,8 +413,7 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable as err:
             logger.error("glm_saver: cerebras' headroom not updated: %s", err)
             return
-        if self.headroom.key_of(record.group) == self.settings.cloud_group:
-            metrics.record_quota(quota)  # the gauges are the strongest model's (as with two tiers)
+        metrics.record_quota(self.headroom.key_of(record.group), quota)
         if record.rate_limited:
             metrics.CEREBRAS_429.inc()
             self.stats.record_rate_limited()
@@ -462,7 +461,7 @@ class GlmSaver(CustomLogger):
             "books": books,
             **({"tiers": tiers} if tiers is not None else {}),
             "cerebras_headroom": headroom,
-            "speculative": {**self.speculator.stats.snapshot(), **_cascade_books(books)},
+            "speculative": {**self.speculator.stats.snapshot(), **_cascade_books(books, self.speculator.cloud_label)},
             "store": STORE_HEALTH.describe(self.settings.state),
             "history": history,
             "recent_decisions": self.history.recent(),

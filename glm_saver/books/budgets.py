@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 import glm_saver.books.metrics as metrics
 from glm_saver.books.store import Store
+from glm_saver.money import usd
 from glm_saver.settings import BudgetSettings, GlmSaverSettings, Period
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class BudgetRefusal:
     @property
     def detail(self) -> str:
         left = max(0.0, self.budget.limit_usd - self.use.spent_usd - self.use.held_usd)
-        return f"budget {self.name} has ${left:.4f} of ${self.budget.limit_usd:.2f} left ({self.budget.period}); the request may cost ${self.amount:.4f}"
+        return f"budget {self.name} has {usd(left)} of {usd(self.budget.limit_usd)} left ({self.budget.period}); the request may cost {usd(self.amount)}"
 
 
 def key_budget_name(key: str) -> str:
@@ -240,11 +241,11 @@ async def _post(url: str, payload: dict[str, Any]) -> None:
 def deliver(alert: Alert, webhook: str | None, pending: set[asyncio.Task[None]]) -> None:
     """Log the alert, count it, and POST it to the webhook without holding up the request."""
     logger.warning(
-        "glm_saver: budget %s reached %.0f%% ($%.6g of $%.6g, %s %s)",
+        "glm_saver: budget %s reached %.0f%% (%s of %s, %s %s)",
         alert.budget,
         alert.threshold * 100,
-        alert.spent_usd,
-        alert.limit_usd,
+        usd(alert.spent_usd),
+        usd(alert.limit_usd),
         alert.period,
         alert.period_start,
     )

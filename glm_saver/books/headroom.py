@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from glm_saver.books.store import Store
-from glm_saver.settings import RateLimitSettings
+from glm_saver.settings import STRONGEST_TIER, RateLimitSettings
 
 # Two header readings whose reset times differ by less than this belong to the same window.
 _SAME_WINDOW_SLACK = 1.0
@@ -111,13 +111,13 @@ def _until(moment: float | None, now: float) -> float | None:
     return None if moment is None else max(0.0, moment - now)
 
 
-def _refusal(quota: Quota, tokens: int, now: float, settings: RateLimitSettings) -> Admission | None:
+def _refusal(quota: Quota, tokens: int, now: float, settings: RateLimitSettings, model: str) -> Admission | None:
     if quota.exhausted_until > now:
         wait = quota.exhausted_until - now
-        return Admission(False, "rate-limit-429", f"cerebras answered 429; exhausted for {wait:.1f}s more", wait)
+        return Admission(False, "rate-limit-429", f"{model} answered 429; exhausted for {wait:.1f}s more", wait)
     if quota.requests_remaining is not None and quota.requests_remaining - quota.reserved_requests <= settings.day_requests_reserve:
         left = quota.requests_remaining - quota.reserved_requests
-        return Admission(False, "rate-limit-day", f"{left} cerebras requests left today", _until(quota.requests_reset_at, now))
+        return Admission(False, "rate-limit-day", f"{left} {model} requests left today", _until(quota.requests_reset_at, now))
     if quota.tokens_remaining is not None:
         margin = math.ceil(settings.safety_margin * (quota.tokens_limit or quota.tokens_remaining))
         free = quota.tokens_remaining - quota.reserved_tokens - margin
@@ -126,14 +126,15 @@ def _refusal(quota: Quota, tokens: int, now: float, settings: RateLimitSettings)
                 False, "rate-limit-tokens", f"request reserves {tokens} tokens, {max(free, 0)} left this minute", _until(quota.tokens_reset_at, now)
             )
     if not quota.probed and quota.reserved_requests > 0:
-        return Admission(False, "rate-limit-probe", "cerebras limits unknown until the first answer returns", None)
+        return Admission(False, "rate-limit-probe", f"{model} limits unknown until the first answer returns", None)
     return None
 
 
-def admit(quota: Quota, tokens: int, now: float, settings: RateLimitSettings) -> tuple[Quota, Admission]:
-    """Reserve `tokens` if they fit; the returned quota includes the reservation."""
+def admit(quota: Quota, tokens: int, now: float, settings: RateLimitSettings, model: str = STRONGEST_TIER) -> tuple[Quota, Admission]:
+    """Reserve `tokens` if they fit; the returned quota includes the reservation. `model`: the
+    tier whose quota it is, as the refusal's detail names it."""
     quota = rolled(quota, now)
-    refusal = _refusal(quota, tokens, now, settings)
+    refusal = _refusal(quota, tokens, now, settings, model)
     if refusal is not None:
         return quota, refusal
     reserved = quota.model_copy(update={"reserved_tokens": quota.reserved_tokens + tokens, "reserved_requests": quota.reserved_requests + 1})
@@ -243,11 +244,15 @@ class CloudHeadroom:
     def key_of(self, group: str | None) -> str:
         return group if group in self._groups else self._key
 
+    def _tier_of(self, key: str) -> str:
+        """The tier a quota is named by (as in tier_names): the strongest is `cerebras`, another by its group."""
+        return STRONGEST_TIER if key == self._key else key
+
     async def admit(self, tokens: int, group: str | None = None) -> Admission:
         now, key = self._clock(), self.key_of(group)
 
         def change(quota: Quota) -> tuple[Quota, Admission]:
-            quota, admission = admit(quota, tokens, now, self._settings)
+            quota, admission = admit(quota, tokens, now, self._settings, self._tier_of(key))
             if admission.reservation is not None:
                 admission = replace(admission, reservation=admission.reservation.model_copy(update={"key": key}))
             return quota, admission

@@ -1,9 +1,10 @@
 """Per-minute history of the books, for the dashboard's charts and `/stats` → `history`.
 
 Each minute that saw traffic is one `Bucket`: requests by route, reason and path (local, cerebras,
-draft), what they cost and what always-Cerebras would have cost, tokens, failures and 429s. The
-buckets live in the same store as the books (memory, SQLite or Redis), so the charts survive a
-restart with SQLite and agree across proxies on Redis.
+draft; with more than two tiers each tier by its name), what they cost and what always-Cerebras
+would have cost, tokens, failures and 429s. The buckets live in the same store as the books
+(memory, SQLite or Redis), so the charts survive a restart with SQLite and agree across proxies
+on Redis.
 
 In memory and SQLite, bounded without ever deleting a key: an hour of buckets is one value, kept in
 one of a fixed ring of slots (`slot:<hour % slots>`); a slot whose hour has passed out of the
@@ -26,13 +27,15 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from glm_saver.books.ledger import FINAL
 from glm_saver.books.store import REDIS_KEY_PREFIX, LinkScript, RedisLink, Store, StoreUnavailable
+from glm_saver.routing.tiers import tier_names
+from glm_saver.settings import STRONGEST_TIER
 
 if TYPE_CHECKING:
     from glm_saver.books.ledger import Charge
@@ -72,11 +75,18 @@ class Slot(BaseModel):
     buckets: dict[int, Bucket] = Field(default_factory=dict)
 
 
-def path_of(route: str, answered: str | None, local_group: str) -> str:
-    """The path of a client's answer: a local draft, the local model, or Cerebras."""
+def path_names(groups: Sequence[str]) -> dict[str, str]:
+    """The path each tier's group counts under: `local` and `cerebras` with two tiers (as always),
+    each tier by its name with more (`local`, `cerebras-oss`, `cerebras`)."""
+    return dict(zip(groups, tier_names(groups), strict=True))
+
+
+def path_of(route: str, answered: str | None, paths: dict[str, str]) -> str:
+    """The path of a client's answer: a local draft, or the tier that answered; any other group
+    (an entry model when the plugin is bypassed) is the strongest model."""
     if route.startswith("draft-"):
         return "draft"
-    return "local" if answered == local_group else "cerebras"
+    return paths.get(str(answered), STRONGEST_TIER)
 
 
 # A bucket's change is a set of counters to add: its fields by name, and the rows of its tables as
@@ -212,10 +222,11 @@ class Decision(BaseModel):
 class History:
     """The per-minute series (in the store) and the recent decisions (in memory)."""
 
-    def __init__(self, store: Store[Slot] | RedisLink, minutes: int, local_group: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store[Slot] | RedisLink, minutes: int, groups: Sequence[str], clock: Callable[[], float] = time.time) -> None:
+        """`groups`: the tiers' model groups, cheapest first."""
         self._minutes: Minutes = RedisMinutes(store, minutes) if isinstance(store, RedisLink) else SlotMinutes(store, minutes)
         self.minutes = minutes
-        self._local_group = local_group
+        self._paths = path_names(groups)
         self._clock = clock
         self._recent: deque[Decision] = deque(maxlen=RECENT_DECISIONS)
         self._lock = threading.Lock()
@@ -235,7 +246,7 @@ class History:
         if charge is not None:
             tag = record.tag or {}
             reason = str(tag.get("reason") or ("direct" if charge.role == FINAL else charge.role))
-            path = path_of(charge.route, record.group, self._local_group)
+            path = path_of(charge.route, record.group, self._paths)
             if charge.role == FINAL:
                 self._remember(charge, reason, str(record.group))
             await self._add(charge_counts(charge, reason, path))

@@ -10,18 +10,20 @@ from glm_saver.books.headroom import Quota
 REQUESTS = Counter("glm_saver_requests", "Chat requests routed by the plugin", ["route", "strategy", "reason"])
 RATE_LIMIT_SHIFTS = Counter("glm_saver_rate_limit_shifts", "Requests sent local because Cerebras had no headroom", ["reason"])
 CEREBRAS_429 = Counter("glm_saver_cerebras_rate_limited", "429 answers received from Cerebras")
-TOKENS_REMAINING = Gauge("glm_saver_cerebras_tokens_remaining_minute", "Cerebras tokens left this minute (last reading)")
-TOKENS_LIMIT = Gauge("glm_saver_cerebras_tokens_limit_minute", "Cerebras tokens allowed per minute")
-REQUESTS_REMAINING = Gauge("glm_saver_cerebras_requests_remaining_day", "Cerebras requests left today (last reading)")
+# Cerebras limits each model on its own: one series per paid tier's group.
+TOKENS_REMAINING = Gauge("glm_saver_cerebras_tokens_remaining_minute", "Cerebras tokens left this minute (last reading)", ["group"])
+TOKENS_LIMIT = Gauge("glm_saver_cerebras_tokens_limit_minute", "Cerebras tokens allowed per minute", ["group"])
+REQUESTS_REMAINING = Gauge("glm_saver_cerebras_requests_remaining_day", "Cerebras requests left today (last reading)", ["group"])
 TOKENS = Counter("glm_saver_tokens", "Tokens answered, by model group and kind", ["model", "kind"])
 COST = Counter("glm_saver_cost_usd", "Money spent, by model group (configured prices)", ["model"])
 SAVINGS = Gauge("glm_saver_savings_usd", "What always-Cerebras would have cost minus what was spent, in total")
 BUDGET_USED = Gauge("glm_saver_budget_used_ratio", "Share of each budget spent in its current period", ["budget"])
 BUDGET_ALERTS = Counter("glm_saver_budget_alerts", "Budget alert thresholds crossed", ["budget", "threshold"])
-TOKENS_RESERVED = Gauge("glm_saver_cerebras_tokens_reserved", "Tokens reserved by requests in flight to Cerebras")
+TOKENS_RESERVED = Gauge("glm_saver_cerebras_tokens_reserved", "Tokens reserved by requests in flight to Cerebras", ["group"])
 
 
-def record_quota(quota: Quota) -> None:
+def record_quota(group: str, quota: Quota) -> None:
+    """The gauges of one paid tier's quota (`group`: the model group whose quota it is)."""
     for gauge, value in (
         (TOKENS_REMAINING, quota.tokens_remaining),
         (TOKENS_LIMIT, quota.tokens_limit),
@@ -29,4 +31,4 @@ def record_quota(quota: Quota) -> None:
         (TOKENS_RESERVED, quota.reserved_tokens),
     ):
         if value is not None:
-            gauge.set(value)
+            gauge.labels(group=group).set(value)

@@ -302,7 +302,12 @@ class Speculator:
         # Which paid tiers verify drafts and answer for a rejected one (the strongest unless configured).
         self._verifier = self.options.verify_group or settings.cloud_group
         self._answerer = self.options.answer_group or settings.cloud_group
-        self._answer_tier = dict(zip(settings.tier_groups, tier_names(settings.tier_groups), strict=True)).get(self._answerer, "cerebras")
+        # ... and their tier names, which the details name (`cerebras` for the strongest, as with two tiers).
+        names = dict(zip(settings.tier_groups, tier_names(settings.tier_groups), strict=True))
+        self._verify_tier, self._answer_tier = names.get(self._verifier, self._verifier), names.get(self._answerer, self._answerer)
+        # The route a rejected draft's answer is shown and booked under: `cloud` with two tiers (one
+        # paid tier, nothing to tell apart), else it names the tier that answers.
+        self.cloud_label = "cloud" if len(settings.tier_groups) == 2 else f"cloud-{self._answer_tier}"
 
     def draft_count(self) -> int:
         return 1 if self.settings.strategy == "speculative_decoding" else self.options.max_concurrent_drafts
@@ -310,8 +315,8 @@ class Speculator:
     async def answer(self, data: Mapping[str, Any], view: RequestView, decision: Decision, key: str = "unknown") -> Outcome:
         """Run the cascade for one request (it writes nothing to the request).
 
-        Returns route "local" with the answer it holds, or the answering tier (label "cloud", the
-        strongest unless `answer_group` says) for the request to be answered by it. `key` pays for
+        Returns route "local" with the answer it holds, or the answering tier (label `cloud_label`,
+        the strongest unless `answer_group` says) for the request to be answered by it. `key` pays for
         the verify call.
         """
         if data.get("stream") is True:
@@ -334,9 +339,8 @@ class Speculator:
             return self._with_draft(view, decision, draft, "draft-accepted", "confident", summary, spent=(0, 0))
         if chosen == "cloud":
             if await self._cloud_busy(self._answerer):
-                return self._with_draft(
-                    view, decision, draft, "draft-accepted", "cloud-unavailable", f"cerebras has no headroom; weak draft returned ({summary})", spent=(0, 0)
-                )
+                busy = f"{self._answer_tier} has no headroom; weak draft returned ({summary})"
+                return self._with_draft(view, decision, draft, "draft-accepted", "cloud-unavailable", busy, spent=(0, 0))
             return self._cloud("low-confidence", f"{summary}; {self._answer_tier} answers", decision)
         return await self._verify(data, view, decision, draft, summary, key)
 
@@ -374,7 +378,7 @@ class Speculator:
         if band(score.confidence, self.options) == "accept":
             return self._live(decision, live, "confident", summary)
         if await self._cloud_busy(self._answerer):
-            return self._live(decision, live, "cloud-unavailable", f"cerebras has no headroom; unsure draft streamed ({summary})")
+            return self._live(decision, live, "cloud-unavailable", f"{self._answer_tier} has no headroom; unsure draft streamed ({summary})")
         await live.close()
         reason = "low-confidence" if band(score.confidence, self.options) == "cloud" else "unsure-prefix"
         return self._cloud(reason, f"{summary}; {self._answer_tier} answers", decision)
@@ -463,7 +467,7 @@ class Speculator:
     async def _verify_ticket(self, key: str, messages: list[dict[str, Any]], view: RequestView) -> Ticket | str:
         """The gate's ticket for the verify call, or why Cerebras may not take it (reason: detail)."""
         if await self._cloud_busy(self._verifier):
-            return f"{self._verifier} has no headroom (rate-limited or not configured)"
+            return f"{self._verify_tier} has no headroom (rate-limited or not configured)"
         if self._cloud_gate is None:
             return "no-gate: the cascade has no gate to Cerebras"
         # A reasoning model thinks before its verdict: room for that on top of the answer's length.
@@ -500,17 +504,15 @@ class Speculator:
             kind = str(err) if isinstance(err, _EmptyVerdict) else failure_kind(err)
             self.stats.record_verify(kind)
             logger.warning("glm_saver: verify failed (%s); answering with the best draft", kind)
-            return self._with_draft(
-                view, decision, draft, "draft-accepted", "verify-failed", f"cerebras {kind} during verify; draft unverified ({summary})", spent=(0, 0)
-            )
+            failed = f"{self._verify_tier} {kind} during verify; draft unverified ({summary})"
+            return self._with_draft(view, decision, draft, "draft-accepted", "verify-failed", failed, spent=(0, 0))
         spent = (verdict.prompt_tokens, verdict.completion_tokens)
         if is_acceptance(verdict):
             self.stats.record_verify("verified")
-            return self._with_draft(view, decision, draft, "draft-verified", "verified", f"cerebras accepted the draft ({summary})", spent=spent)
+            return self._with_draft(view, decision, draft, "draft-verified", "verified", f"{self._verify_tier} accepted the draft ({summary})", spent=spent)
         self.stats.record_verify("corrected")
-        return self._with_draft(
-            view, decision, verdict, "draft-corrected", "corrected", f"cerebras corrected the draft ({summary})", spent=spent, prompt_tokens=draft.prompt_tokens
-        )
+        corrected = f"{self._verify_tier} corrected the draft ({summary})"
+        return self._with_draft(view, decision, verdict, "draft-corrected", "corrected", corrected, spent=spent, prompt_tokens=draft.prompt_tokens)
 
     # -- outcomes -------------------------------------------------------------------------------
 
@@ -533,6 +535,6 @@ class Speculator:
         return Outcome(Decision("local", reason, detail, decision.score, label=label), mock)
 
     def _cloud(self, reason: str, detail: str, decision: Decision) -> Outcome:
-        self.stats.record_outcome("cloud", reason)
-        logger.info("glm_saver: speculative cloud (%s)", reason)
-        return Outcome(Decision(self._answer_tier, reason, detail, decision.score, label="cloud"))
+        self.stats.record_outcome(self.cloud_label, reason)
+        logger.info("glm_saver: speculative %s (%s)", self.cloud_label, reason)
+        return Outcome(Decision(self._answer_tier, reason, detail, decision.score, label=self.cloud_label))

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from glm_saver.money import usd
+
 DEFAULT_URL = "http://127.0.0.1:4000"
 TALLY_COLUMNS = (
     ("requests", "requests", "int"),
@@ -53,7 +55,7 @@ def fmt(value: Any, kind: str = "auto") -> str:
     if value is None:
         return "-"
     if kind == "usd" and _number(value):
-        return f"${value:,.6f}"
+        return usd(value)
     if kind == "pct" and _number(value):
         return f"{value * 100:.1f}%"
     if isinstance(value, bool):

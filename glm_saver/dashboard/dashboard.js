@@ -6,7 +6,8 @@
   const POLL_MS = 2000;
   const KEY_NAME = "glm-saver.dashboard.key";
   const STATS_URL = new URL("../stats", window.location.href).pathname;
-  const PATHS = ["local", "cerebras", "draft"];
+  const TWO_TIERS = ["local", "cerebras"];
+  const PATH_LABELS = { local: "Local model", draft: "Local draft (cascade)" };
 
   const $ = (selector) => document.querySelector(selector);
   const stat = (name) => document.querySelector(`[data-stat="${name}"]`);
@@ -99,7 +100,14 @@
 
   // ---- formatting ------------------------------------------------------------------------------
 
-  const usd = (value) => (value == null ? "–" : `$${Number(value).toFixed(value !== 0 && Math.abs(value) < 1 ? 6 : 2)}`);
+  // Dollars at any size, as glm_saver/money.py: cents at least, else four significant digits ($0.0002), no exponent.
+  const usd = (value) => {
+    if (value == null) return "–";
+    const size = Math.abs(Number(value));
+    const decimals = size === 0 ? 2 : Math.min(8, Math.max(2, 3 - Math.floor(Math.log10(size))));
+    const text = size.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: decimals });
+    return `${value < 0 && /[1-9]/.test(text) ? "-" : ""}$${text}`;
+  };
   const count = (value) => (value == null ? "–" : Number(value).toLocaleString("en-US"));
   const share = (value) => (value == null ? "–" : `${(value * 100).toFixed(1)}%`);
   const seconds = (value) => (value == null ? "–" : value >= 3600 ? `${(value / 3600).toFixed(1)} h` : `${value.toFixed(1)} s`);
@@ -127,7 +135,8 @@
     show("acceptance", spec.acceptance_rate, share);
     show("cascades", spec.cascades, (v) => (v ? `of ${v} cascades` : "no cascade yet"));
     renderHeadroom(stats);
-    renderSplit(series);
+    nameTierColors(stats.tiers);
+    renderSplit(series, stats.tiers);
     renderTiers(stats.tiers);
     renderBudgets(books.budgets || {});
     renderRecent(stats.recent_decisions || []);
@@ -146,20 +155,34 @@
     show("exhausted-for", room.exhausted_for, (v) => (v ? seconds(v) : "no"));
   }
 
-  function renderSplit(series) {
-    const totals = Object.fromEntries(PATHS.map((path) => [path, sum(series.map((bucket) => (bucket.by_path || {})[path]))]));
+  // Who answered: local, Cerebras or a draft; with more than two tiers each tier by its name.
+  function renderSplit(series, tiers) {
+    const paths = [...(tiers ? tiers.map((tier) => tier.name) : TWO_TIERS), "draft"];
+    const label = (path) => PATH_LABELS[path] || (tiers ? path : "Cerebras");
+    const totals = Object.fromEntries(paths.map((path) => [path, sum(series.map((bucket) => (bucket.by_path || {})[path]))]));
     const all = sum(Object.values(totals));
-    const bar = $("#split");
-    bar.replaceChildren(
-      ...PATHS.map((path) => {
+    const colors = palette();
+    $("#split").replaceChildren(
+      ...paths.map((path, i) => {
         const part = document.createElement("span");
-        part.className = path;
         part.style.width = `${all ? (100 * totals[path]) / all : 0}%`;
-        part.title = `${path}: ${totals[path]}`;
+        part.style.background = colorOf(path, i, colors);
+        part.title = `${label(path)}: ${totals[path]}`;
         return part;
       })
     );
-    for (const path of PATHS) show(`split-${path}`, totals[path], (v) => `${count(v)}${all ? ` (${share(v / all)})` : ""}`);
+    $("#split-facts").replaceChildren(
+      ...paths.map((path) => {
+        const fact = document.createElement("div");
+        const name = document.createElement("dt");
+        const value = document.createElement("dd");
+        name.textContent = label(path);
+        value.dataset.stat = `split-${path}`;
+        fact.append(name, value);
+        return fact;
+      })
+    );
+    for (const path of paths) show(`split-${path}`, totals[path], (v) => `${count(v)}${all ? ` (${share(v / all)})` : ""}`);
   }
 
   function budgetRow(name, budget) {
@@ -255,8 +278,15 @@
   const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   const palette = () => [0, 1, 2, 3, 4, 5, 6, 7].map((i) => css(`--c${i}`));
   // The same colour for the same thing on every chart (the split bar's too); others take the palette.
-  const FIXED = { local: "--c2", cerebras: "--c1", spent: "--c0", "always-Cerebras": "--c1", saved: "--c2" };
-  const colorOf = (name, i, colors) => (FIXED[name] ? css(FIXED[name]) : colors[(i + 3) % colors.length]);
+  const FIXED = { local: "--c2", cerebras: "--c1", draft: "--c0", spent: "--c0", "always-Cerebras": "--c1", saved: "--c2" };
+  const tierColors = {}; // tiers between local and the strongest, by name
+  function nameTierColors(tiers) {
+    (tiers || []).slice(1, -1).forEach((tier, i) => (tierColors[tier.name] = `--c${3 + (i % 5)}`));
+  }
+  const colorOf = (name, i, colors) => {
+    const fixed = FIXED[name] || tierColors[name];
+    return fixed ? css(fixed) : colors[(i + 3) % colors.length];
+  };
 
   // Every minute from the first with traffic (at most the window) to now; empty minutes are 0.
   function minutes(history) {

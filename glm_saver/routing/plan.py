@@ -27,6 +27,7 @@ from glm_saver.books.store import StoreUnavailable
 from glm_saver.callers import key_label
 from glm_saver.classifier import Classification, Classifier
 from glm_saver.deployments import Prices
+from glm_saver.money import usd
 from glm_saver.request import RequestView
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
 from glm_saver.routing.policy import Decision, RequestTooLarge, decide
@@ -184,13 +185,13 @@ class Planner:
         spent = await self.budgets.exhausted(key)
         if spent is not None:
             name, budget, use = spent
-            detail = f"budget {name} spent (${use.spent_usd:.4f} of ${budget.limit_usd:.2f}, {budget.period})"
+            detail = f"budget {name} spent ({usd(use.spent_usd)} of {usd(budget.limit_usd)}, {budget.period})"
             if budget.action == "reject" or not self.local.fits(view.prompt_tokens):
                 self.stats.record_rejection("budget")
                 raise _budget_error(detail, budget.period)
             return Decision(self.local.name, "budget", detail)
         if key not in self._config_key_aliases and _litellm_key_nearly_spent(auth, view, self.tiers.strongest.prices):
-            return Decision(self.local.name, "key-budget", f"LiteLLM key budget ${auth.max_budget:.2f} nearly spent (${auth.spend:.4f})")
+            return Decision(self.local.name, "key-budget", f"LiteLLM key budget {usd(auth.max_budget)} nearly spent ({usd(auth.spend or 0.0)})")
         return None
 
     async def _through_gate(self, plan: Plan, view: RequestView) -> Plan:

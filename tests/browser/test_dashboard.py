@@ -8,6 +8,7 @@ a wrong key or a client key is refused with a clear message; a proxy that goes a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -158,6 +159,9 @@ def test_the_page_shows_what_stats_says_and_follows_new_requests(browser: Browse
     assert page_figures(page)["split-local"] >= 1 and page_figures(page)["split-cerebras"] >= 2
     assert first["cerebras_headroom"]["requests_remaining_day"] < 14_400  # Cerebras' headers reached the page
     assert first["books"]["budgets"]["key:alice"]["alerts_fired"]  # one Cerebras answer passes 5%
+    figures = {name: page.locator(f'[data-budget="{name}"] .label span').text_content() or "" for name in ("global", "key:alice")}
+    assert re.fullmatch(r"\$0\.000\d+ of \$0\.0004 · \d+\.\d%", figures["key:alice"]), figures  # a tiny limit keeps its digits
+    assert re.fullmatch(r"\$0\.000\d+ of \$1\.00 · 0\.0%", figures["global"]), figures
     rows = page_recent(page)
     assert rows[0][1] == "alice" and rows[0][2] == "cerebras"  # newest first, named by alias
     assert page.locator("#chart-cost canvas").count() == 1 and page.locator("#chart-route canvas").count() == 1
@@ -269,3 +273,11 @@ def test_three_tiers_show_a_row_per_tier_as_stats_counts_them(browser: Browser, 
         time.sleep(0.1)
     assert [(name, requests) for name, requests, _ in shown] == [("local", 1), ("cerebras-oss", 2), ("cerebras", 1)]
     assert shown[1][2] > 0 and shown[0][2] == 0
+    # Who answered: each tier on its own, as the history counts them.
+    paths = {path: sum(bucket["by_path"].get(path, 0) for bucket in stats(proxy).json()["history"]["series"]) for path in ("local", "cerebras-oss", "cerebras")}
+    assert paths == {"local": 1, "cerebras-oss": 2, "cerebras": 1}
+    split = {name: value for name, value in page_figures(page).items() if name.startswith("split-")}
+    assert split == {"split-local": 1, "split-cerebras-oss": 2, "split-cerebras": 1, "split-draft": 0}
+    labels = page.evaluate("[...document.querySelectorAll('#split-facts dt')].map(dt => dt.textContent)")
+    assert labels == ["Local model", "cerebras-oss", "cerebras", "Local draft (cascade)"]
+    assert page.locator("#split span").count() == 4

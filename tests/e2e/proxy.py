@@ -169,6 +169,13 @@ class Proxy:
         return self.log_path.read_text(errors="replace")
 
 
+def metric(proxy: Proxy, series: str) -> float:
+    """One series' value on the proxy's /metrics (0 when absent), e.g. 'name{label="value"}'."""
+    text = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
+    return values[0] if values else 0.0
+
+
 def run_proxy_until_exit(directory: Path, config: dict[str, Any], cerebras_url: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """Start a proxy that is expected to refuse to start; return how it exited."""
     proxy = Proxy(directory=directory, cerebras_url=cerebras_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ import openai
 import pytest
 
 from tests.e2e.books import books, books_holding
-from tests.e2e.proxy import MASTER_KEY, Proxy
+from tests.e2e.proxy import MASTER_KEY, Proxy, metric
 from tests.e2e.redis_server import running_redis
 from tests.fakes.upstream import FakeUpstream
 
@@ -154,12 +155,6 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver.server.shutdown()
 
 
-def metric(proxy: Proxy, series: str) -> float:
-    text = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True).text
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
-    return values[0] if values else 0.0
-
-
 # A budget holds each Cerebras request's worst case (prompt + max_tokens) while it is in flight: a
 # small max_tokens lets these tiny budgets take a few requests before they are full.
 SMALL_ANSWER = 16
@@ -182,6 +177,7 @@ def test_budget_alerts_fire_once_each_then_local_answers_at_no_cost_and_spend_su
     for _ in range(3):  # spending stops; nothing fires twice
         headers = ask(proxy, COMPLEX, max_tokens=SMALL_ANSWER)
         assert headers["x-glm-saver-route"] == "local" and headers["x-glm-saver-reason"].startswith("budget")
+        assert "of $0.0002" in headers["x-glm-saver-reason"]  # the limit as set, not rounded to "$0.00"
     used = books(proxy)["budgets"]["global"]
     # Full: it could not take the next request's worst case, so every alert has fired; never past the limit.
     assert 0 < used["spent_usd"] <= 0.0002 and used["alerts_fired"] == [0.5, 0.8, 1.0]
@@ -194,6 +190,7 @@ def test_budget_alerts_fire_once_each_then_local_answers_at_no_cost_and_spend_su
     log = proxy.log()
     for percent in ("50%", "80%", "100%"):
         assert log.count(f"budget global reached {percent}") == 1
+    assert len(re.findall(r"budget global reached \d+% \(\$0\.000\d+ of \$0\.0002, daily", log)) == 3  # spend and limit in dollars, no exponent
 
     cloud_requests = len(cerebras_upstream.requests)
     before = books(proxy)["totals"]
@@ -213,7 +210,7 @@ def test_reject_action_answers_429_once_the_budget_cannot_take_a_request(start_p
     with pytest.raises(openai.RateLimitError) as raised:
         for _ in range(20):
             ask(proxy, COMPLEX, max_tokens=SMALL_ANSWER // 2)
-    assert "budget global has $" in raised.value.body["message"]
+    assert re.search(r"budget global has \$0\.\d+ of \$0\.0001 left \(monthly\); the request may cost \$0\.0000[1-9]", raised.value.body["message"])
     assert raised.value.body["type"] == "budget_exceeded"
     served = len(cerebras_upstream.requests)
     assert served >= 1

@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import CLOUD_WINDOW, LOCAL_WINDOW
 from tests.e2e.polling import poll
-from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
+from tests.e2e.proxy import MASTER_KEY, Proxy, metric, proxy_config, run_proxy_until_exit
 from tests.fakes.answers import ReplyRule
 from tests.fakes.upstream import FakeUpstream
 
@@ -165,6 +165,8 @@ def test_books_and_stats_count_each_tier_and_the_budget_counts_every_paid_one(la
             WAIT,
         )
         assert [(t["name"], t["group"]) for t in stats(proxy)["tiers"]] == [("local", "local"), ("cerebras-oss", "cerebras-oss"), ("cerebras", "cerebras")]
+        series = poll(lambda: (now := stats(proxy)["history"]["series"]) and sum(b["requests"] for b in now) == 6 and now, "every answer in the history", WAIT)
+        assert {path: sum(b["by_path"].get(path, 0) for b in series) for path in sent} == sent  # the history's split counts each tier
         assert [t["request_share"] for t in tiers.values()] == [round(n / 6, 4) for n in sent.values()]
         tokens = sum(t["total_tokens"] for t in tiers.values())
         assert [t["token_share"] for t in tiers.values()] == [round(t["total_tokens"] / tokens, 4) for t in tiers.values()]
@@ -245,6 +247,11 @@ def test_a_strong_tier_out_of_tokens_moves_its_asks_down_to_the_cheap_tier(launc
         assert headroom["local"] is None
         assert (headroom["cerebras-oss"]["tokens_limit_minute"], headroom["cerebras"]["tokens_limit_minute"]) == (100_000, 40_000)
         assert stats(proxy)["rate_limit_shifts"]["rate-limit-tokens"] == 1
+        # Prometheus: one series per paid tier, each its own model's limit.
+        limits = {group: metric(proxy, f'glm_saver_cerebras_tokens_limit_minute{{group="{group}"}}') for group in ("cerebras-oss", "cerebras")}
+        assert limits == {"cerebras-oss": 100_000, "cerebras": 40_000}
+        remaining = metric(proxy, 'glm_saver_cerebras_tokens_remaining_minute{group="cerebras-oss"}')
+        assert remaining == headroom["cerebras-oss"]["tokens_remaining_minute"] < 100_000
 
 
 def test_a_resting_cheap_tier_moves_asks_down_to_local_and_up_only_when_local_is_too_small(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
@@ -258,7 +265,7 @@ def test_a_resting_cheap_tier_moves_asks_down_to_local_and_up_only_when_local_is
         assert (status, route) == (200, "local") and reason.startswith("rate-limit-429")  # down: the prompt fits local
         status, route, reason, text = chat(proxy, BIG, tier="cerebras-oss", max_tokens=100_000)
         assert (status, route, text) == (200, "cerebras", "Hello from cerebras.")  # up: only the strong tier has room
-        assert reason.startswith("rate-limit-429: cerebras-oss: cerebras answered 429")
+        assert reason.startswith("rate-limit-429: cerebras-oss: cerebras-oss answered 429")
         assert strong.requests[0].body["max_tokens"] == 16384
         assert len(oss.requests) == 1 and len(local_upstream.requests) == 2
 
@@ -310,13 +317,23 @@ def test_the_cheap_tier_verifies_drafts_and_answers_for_rejected_ones_when_confi
             proxy = launch(local_upstream, oss, strong, strategy="speculative_decoding", speculative=cheap)
             status, route, reason, text = chat(proxy, UNSURE, max_tokens=100_000)
             assert (status, route, text) == (200, "draft-verified", UNSURE_DRAFT), reason
+            assert reason.startswith("verified: cerebras-oss accepted the draft")  # the tier that verified, by name
             (verify,) = oss.requests
             assert "<draft>" in str(verify.body["messages"][-1]["content"]) and verify.body["max_tokens"] <= 16384
 
             status, route, reason, text = chat(proxy, REFUSED)
-            assert (status, route, text) == (200, "cloud", "Hello from cerebras-oss."), reason
+            assert (status, route, text) == (200, "cloud-cerebras-oss", "Hello from cerebras-oss."), reason  # names the tier that answered
             assert reason.startswith("low-confidence") and reason.endswith("cerebras-oss answers")
             assert strong.requests == []
+            # Booked under the route the client was told, and counted as the cascade's.
+            cascade_rows = ("draft-verified", "cloud-cerebras-oss", "draft", "verify")
+            books = poll(
+                lambda: (now := stats(proxy))["books"]["by_route"].get("cloud-cerebras-oss", {}).get("requests") == 1 and now, "the cloud answer booked", WAIT
+            )
+            assert books["speculative"]["outcomes"] == {"draft-verified": 1, "cloud-cerebras-oss": 1}
+            rows = books["books"]["by_route"]
+            assert rows["cloud-cerebras-oss"]["savings_usd"] > 0  # the cheap tier answered where always-strongest would have
+            assert books["speculative"]["cloud_cost_saved"] == pytest.approx(sum(rows[name]["savings_usd"] for name in cascade_rows if name in rows), abs=1e-8)
     finally:
         local_upstream.configure(replies=saved.replies)
 

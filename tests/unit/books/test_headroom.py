@@ -172,3 +172,21 @@ def test_each_paid_tier_has_its_own_quota_and_entry_models_share_the_strongest()
         return strong.admitted, entry.admitted, cheap.admitted, held, (await store.read("cerebras-oss")).reserved_tokens
 
     assert asyncio.run(scenario()) == (False, False, True, 5_000, 0)  # released from its own quota
+
+
+def test_a_refusal_names_the_tier_whose_quota_refused() -> None:
+    headroom = CloudHeadroom(MemoryStore(Quota), SETTINGS, "glm", lambda: NOW, groups=["cerebras-oss", "glm"])
+    rested = {"retry-after": "60"}
+
+    async def scenario() -> list[str]:
+        details = []
+        for group in ("cerebras-oss", "glm", "glm-saver"):  # an entry model counts on the strongest's quota
+            await headroom.observe(rested, rate_limited=True, group=group)
+            details.append((await headroom.admit(10, group)).detail)
+        return details
+
+    assert asyncio.run(scenario()) == [
+        "cerebras-oss answered 429; exhausted for 60.0s more",
+        "cerebras answered 429; exhausted for 60.0s more",  # the strongest tier is `cerebras`, whatever its group
+        "cerebras answered 429; exhausted for 60.0s more",
+    ]

@@ -42,7 +42,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 def test_answers_fill_their_minute_by_route_reason_and_path() -> None:
     clock = Clock()
-    history = History(MemoryStore(Slot), 60, "local", clock)
+    history = History(MemoryStore(Slot), 60, ["local", "cerebras"], clock)
     run(history.observe(record(), charge()))
     run(history.observe(record("cerebras", "classifier-complex"), charge("cerebras", "cerebras", cost=0.002, cloud_cost=0.002)))
     run(history.observe(record("local", None), charge("draft-accepted")))
@@ -59,10 +59,21 @@ def test_answers_fill_their_minute_by_route_reason_and_path() -> None:
     assert second["requests"] == 0 and second["failures"] == 1 and second["rate_limited"] == 1
 
 
+def test_with_more_than_two_tiers_the_path_is_each_tier_by_its_name() -> None:
+    history = History(MemoryStore(Slot), 60, ["local", "cerebras-oss", "glm"], Clock())
+    run(history.observe(record(), charge()))
+    for group, route in (("cerebras-oss", "cerebras-oss"), ("cerebras-oss", "cerebras-oss"), ("glm", "cerebras"), ("glm-saver", "direct")):
+        run(history.observe(record(group, "classifier-complex"), charge(route, group, cost=0.001)))
+    run(history.observe(record("local", None), charge("draft-accepted")))
+    (bucket,) = run(history.series())
+    # The strongest tier is `cerebras` whatever its group; an entry model answered directly is the strongest model.
+    assert bucket["by_path"] == {"local": 1, "cerebras-oss": 2, "cerebras": 2, "draft": 1}
+
+
 def test_the_window_bounds_what_is_read_and_what_is_kept() -> None:
     clock = Clock()
     store: MemoryStore[Slot] = MemoryStore(Slot)
-    history = History(store, 90, "local", clock)
+    history = History(store, 90, ["local", "cerebras"], clock)
     for _ in range(6 * 60):  # six hours, one answer a minute
         run(history.observe(record(), charge()))
         clock.now += BUCKET_SECONDS
@@ -73,7 +84,7 @@ def test_the_window_bounds_what_is_read_and_what_is_kept() -> None:
 
 
 def test_recent_decisions_are_a_bounded_ring_newest_first_without_prompt_or_key() -> None:
-    history = History(MemoryStore(Slot), 60, "local", Clock())
+    history = History(MemoryStore(Slot), 60, ["local", "cerebras"], Clock())
     for index in range(RECENT_DECISIONS + 5):
         run(history.observe(record(), charge(cost=index)))
     recent = history.recent()
@@ -87,9 +98,9 @@ def test_sqlite_keeps_the_history_across_a_restart(tmp_path: Path) -> None:
 
     async def write() -> None:
         store = SqliteStore(Slot, tmp_path / "books.sqlite", "history")
-        await History(store, 60, "local", clock).observe(record(), charge())
+        await History(store, 60, ["local", "cerebras"], clock).observe(record(), charge())
         store.flush()
 
     run(write())
-    again = History(SqliteStore(Slot, tmp_path / "books.sqlite", "history"), 60, "local", clock)
+    again = History(SqliteStore(Slot, tmp_path / "books.sqlite", "history"), 60, ["local", "cerebras"], clock)
     assert [bucket["requests"] for bucket in run(again.series())] == [1]

@@ -187,7 +187,7 @@ def test_an_update_of_several_keys_writes_all_or_recomputes_all(redis_url: str) 
 
 def test_the_redis_history_shows_what_the_slot_history_shows(redis_url: str) -> None:
     clock = Clock(START + 3540)  # the last minute of an hour, then the first of the next
-    on_redis, in_memory = History(RedisLink(redis_url), 90, "local", clock), History(MemoryStore(Slot), 90, "local", clock)
+    on_redis, in_memory = History(RedisLink(redis_url), 90, ["local", "cerebras"], clock), History(MemoryStore(Slot), 90, ["local", "cerebras"], clock)
 
     async def observe(history: History) -> list[dict[str, object]]:
         await history.observe(record(), history_charge(cost=0.0))

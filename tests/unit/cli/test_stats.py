@@ -56,21 +56,21 @@ def _row(text: str, title: str, name: str) -> list[str]:
 
 def test_totals_show_tokens_cost_and_savings() -> None:
     text = render(SNAPSHOT)
-    assert _row(text, "Totals", "all") == ["all", "3", "3", "1,200", "345", "1,545", "$0.001230", "$0.004200", "$0.002970"]
+    assert _row(text, "Totals", "all") == ["all", "3", "3", "1,200", "345", "1,545", "$0.00123", "$0.0042", "$0.00297"]
 
 
 def test_books_have_a_table_per_model_key_route_and_strategy() -> None:
     text = render(SNAPSHOT)
     assert _row(text, "By model", "local")[1] == "2"
-    assert _row(text, "By model", "cerebras")[6] == "$0.001230"
-    assert _row(text, "By key", "alpha")[-1] == "$0.002970"
+    assert _row(text, "By model", "cerebras")[6] == "$0.00123"
+    assert _row(text, "By key", "alpha")[-1] == "$0.00297"
     assert _row(text, "By route", "local")[4] == "300"
     assert _row(text, "By strategy", "smart_routing")[1] == "3"
 
 
 def test_budgets_show_use_and_the_alerts_fired() -> None:
     row = " ".join(_row(render(SNAPSHOT), "Budgets", "key:beta"))
-    assert row == "key:beta daily $4.100000 $5.000000 82.0% 50.0%, 80.0% reject"
+    assert row == "key:beta daily $4.10 $5.00 82.0% 50.0%, 80.0% reject"
 
 
 def test_routing_counters_are_listed_most_first_and_empty_ones_skipped() -> None:
@@ -90,7 +90,7 @@ def test_missing_sections_are_skipped_and_unknown_ones_still_shown() -> None:
 
 def test_a_books_section_without_budgets_or_keys_still_prints_totals() -> None:
     text = render({"books": {"totals": {"requests": 0, "cost_usd": 0.0}}})
-    assert _row(text, "Totals", "all") == ["all", "0", "$0.000000"]
+    assert _row(text, "Totals", "all") == ["all", "0", "$0.00"]
 
 
 def test_table_aligns_names_left_and_numbers_right() -> None:
@@ -99,7 +99,7 @@ def test_table_aligns_names_left_and_numbers_right() -> None:
 
 
 def test_fmt_renders_money_percent_and_missing_values() -> None:
-    assert fmt(0.0000456, "usd") == "$0.000046"
+    assert fmt(0.0000456, "usd") == "$0.0000456"
     assert fmt(0.825, "pct") == "82.5%"
     assert fmt(None) == "-"
     assert fmt(True) == "yes"
