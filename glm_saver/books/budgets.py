@@ -76,14 +76,19 @@ def current(use: BudgetUse, budget: BudgetSettings, now: float) -> BudgetUse:
     return use if len(live) == len(use.holds) else use.model_copy(update={"holds": live})
 
 
-def hold(use: BudgetUse, budget: BudgetSettings, ticket: str, amount: float, now: float) -> tuple[BudgetUse, list[float] | None]:
+def hold(
+    use: BudgetUse, budget: BudgetSettings, ticket: str, amount: float, now: float, full_when_refused: bool = True
+) -> tuple[BudgetUse, list[float] | None]:
     """Hold `amount` for a request in flight if spend, other holds and it stay within the limit.
 
     Returns the thresholds a refusal sets off (None when held): a budget that cannot take the next
-    request is full for all practical purposes, so every alert not fired yet fires now.
+    request is full for all practical purposes, so every alert not fired yet fires now, unless the
+    caller can still ask a cheaper model (`full_when_refused` False: the budget is not full for it).
     """
     use = current(use, budget, now)
     if use.spent_usd + use.held_usd + amount > budget.limit_usd:
+        if not full_when_refused:
+            return use, []
         crossed = [t for t in budget.alert_thresholds if t not in use.alerts_fired]
         return use.model_copy(update={"alerts_fired": [*use.alerts_fired, *crossed]}), crossed
     return use.model_copy(update={"holds": {**use.holds, ticket: Hold(usd=amount, expires_at=now + HOLD_SECONDS)}}), None
@@ -137,9 +142,10 @@ class BudgetBook:
             named.append((key_budget_name(key), self._key_budgets[key]))
         return named
 
-    async def hold(self, key: str, ticket: str, amount: float) -> BudgetRefusal | None:
+    async def hold(self, key: str, ticket: str, amount: float, full_when_refused: bool = True) -> BudgetRefusal | None:
         """Hold a request's worst-case cost on every budget of the key, or on none of them (one
-        atomic update of all of them: one round trip on Redis)."""
+        atomic update of all of them: one round trip on Redis). A refusal fires the refusing
+        budget's alerts unless `full_when_refused` is False (see `hold`)."""
         now = self._clock()
         named = self.budgets_of(key)
         if not named:
@@ -148,7 +154,7 @@ class BudgetBook:
         def change(uses: list[BudgetUse]) -> tuple[list[BudgetUse], tuple[int, BudgetUse, list[float]] | None]:
             held: list[BudgetUse] = []
             for index, ((_, budget), use) in enumerate(zip(named, uses, strict=True)):
-                updated, crossed = hold(use, budget, ticket, amount, now)
+                updated, crossed = hold(use, budget, ticket, amount, now, full_when_refused)
                 if crossed is not None:  # refused: nothing held anywhere, the refusing budget's alerts kept
                     untouched = [current(earlier, named[i][1], now) for i, earlier in enumerate(uses[:index])]
                     return [*untouched, updated, *uses[index + 1 :]], (index, updated, crossed)

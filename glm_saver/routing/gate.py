@@ -72,7 +72,13 @@ class CloudGate:
     def clamp(self, asked: int | None) -> int:
         return clamp(asked, self._rate_limits.max_tokens_cap)
 
-    async def admit(self, key: str, group: str, prompt_tokens: int, asked_max_tokens: int | None, depth: int = 0) -> Ticket | Refusal:
+    async def admit(
+        self, key: str, group: str, prompt_tokens: int, asked_max_tokens: int | None, depth: int = 0, cheaper_left: bool = False
+    ) -> Ticket | Refusal:
+        """The ticket for one paid call: its clamp, its headroom reservation and its budget holds.
+
+        `cheaper_left`: the caller will ask a cheaper paid model if the budget refuses this one, so
+        a refusal does not count the budget as full (no alerts)."""
         max_tokens = self.clamp(asked_max_tokens)
         ticket = Ticket(
             id=uuid.uuid4().hex,
@@ -83,17 +89,17 @@ class CloudGate:
             depth=depth,
         )
         try:
-            return await self._admit(ticket, prompt_tokens + max_tokens)
+            return await self._admit(ticket, prompt_tokens + max_tokens, cheaper_left)
         except StoreUnavailable as err:
             return Refusal("store-down", f"{err}; paid models are off until it answers")
 
-    async def _admit(self, ticket: Ticket, tokens: int) -> Ticket | Refusal:
+    async def _admit(self, ticket: Ticket, tokens: int, cheaper_left: bool) -> Ticket | Refusal:
         if self.headroom is not None:
             admission = await self._reserve(tokens, ticket.group)
             if not admission.admitted:
                 return Refusal(admission.reason, admission.detail, admission.retry_in)
             ticket = ticket.model_copy(update={"reservation": admission.reservation})
-        refused = await self._budgets.hold(ticket.key, ticket.id, ticket.cost_usd)
+        refused = await self._budgets.hold(ticket.key, ticket.id, ticket.cost_usd, full_when_refused=not cheaper_left)
         if refused is not None:
             await self._release_headroom(ticket)
             return Refusal("budget", refused.detail, budget=refused)

@@ -197,21 +197,23 @@ class Planner:
     async def _through_gate(self, plan: Plan, view: RequestView) -> Plan:
         """A paid tier only with the gate's ticket (clamp, headroom, budget hold). A tier without
         headroom hands the request to the nearest tier that can take it: a cheaper one whose window
-        fits, else a stronger one with room (its own ticket holds the budget); else it is refused."""
+        fits, else a stronger one with room (its own ticket holds the budget); else it is refused.
+        A tier the budget cannot take hands it to a cheaper paid tier it can, else to `_over_budget`."""
         wanted = self.tiers[plan.route]
-        granted = await self.gate.admit(plan.key, wanted.group, view.prompt_tokens, view.max_tokens)
+        granted = await self._admit(plan, wanted, view)
         if isinstance(granted, Ticket):
             return replace(plan, ticket=granted)
         if granted.budget is not None:
-            return self._over_budget(plan, granted)
+            return await self._within_budget(plan, view, wanted, granted)
         for tier in self.tiers.nearest(wanted.name, view.prompt_tokens):
             if not tier.configured:
                 continue
-            ticket = await self.gate.admit(plan.key, tier.group, view.prompt_tokens, view.max_tokens) if tier.paid else None
+            ticket = await self._admit(plan, tier, view) if tier.paid else None
             if isinstance(ticket, Refusal):
-                if ticket.budget is not None:
-                    return self._over_budget(plan, ticket)
-                continue
+                if ticket.budget is None:
+                    continue
+                # Going up, a budget refusal ends the climb; going down, a cheaper tier may still fit.
+                return self._over_budget(plan, ticket) if tier.rank > wanted.rank else await self._within_budget(plan, view, tier, ticket)
             self._count_shift(granted, wanted.name, tier.name)
             wanted_too = f"{wanted.name}: {granted.detail}" if len(self.tiers.ladder) > 2 else granted.detail
             return replace(
@@ -219,6 +221,27 @@ class Planner:
             )
         self.stats.record_rejection(granted.reason)
         raise _cloud_busy_error(granted, wanted.name)
+
+    async def _admit(self, plan: Plan, tier: Tier, view: RequestView) -> Ticket | Refusal:
+        cheaper_left = bool(self._cheaper_paid(tier, view.prompt_tokens))
+        return await self.gate.admit(plan.key, tier.group, view.prompt_tokens, view.max_tokens, cheaper_left=cheaper_left)
+
+    def _cheaper_paid(self, tier: Tier, tokens: int) -> list[Tier]:
+        """The configured paid tiers cheaper than `tier` whose window takes the prompt, nearest first."""
+        return [other for other in self.tiers.nearest(tier.name, tokens) if other.paid and other.configured and other.rank < tier.rank]
+
+    async def _within_budget(self, plan: Plan, view: RequestView, refused: Tier, refusal: Refusal) -> Plan:
+        """The budget cannot take `refused`'s worst case: a cheaper paid tier whose worst case it
+        takes answers (its ticket holds it, and reason "budget" keeps fallbacks from going up)."""
+        for tier in self._cheaper_paid(refused, view.prompt_tokens):
+            ticket = await self._admit(plan, tier, view)
+            if isinstance(ticket, Ticket):
+                logger.warning("glm_saver: %s would overrun a budget, routing to %s", refused.name, tier.name)
+                detail = f"{refusal.detail} (wanted {refused.name}: {plan.reason})"
+                return replace(plan, route=tier.name, reason="budget", detail=detail, label=None, ticket=ticket)
+            if ticket.budget is not None:
+                refusal = ticket
+        return self._over_budget(plan, refusal)
 
     def _over_budget(self, plan: Plan, refusal: Refusal) -> Plan:
         """A budget the paid call would overrun: local (at no cost) when its window fits and the budget says so."""

@@ -298,6 +298,24 @@ def test_going_up_a_tier_never_passes_the_budget(launch: Callable[..., Proxy], l
         assert strong.requests == []
 
 
+def test_a_budget_too_small_for_the_strong_tier_is_answered_by_the_cheap_one_without_alerts(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
+    with FakeUpstream("cerebras") as strong, cheap_fake() as oss:
+        # $0.02: at max_tokens 16384 the strong tier's worst case (~$0.045) does not fit, the cheap one's (~$0.012) does.
+        proxy = launch(local_upstream, oss, strong, budget={"limit_usd": 0.02, "action": "local"})
+        status, route, reason, _ = chat(proxy, MIDDLE, tier="cerebras", max_tokens=16384)
+        assert (status, route) == (200, "cerebras-oss")
+        assert "budget" in reason
+        assert strong.requests == [] and len(oss.requests) == 1
+        settled(proxy)
+        assert stats(proxy)["books"]["budgets"]["global"]["alerts_fired"] == []  # not full: the cheap tier took it
+        # HUGE fits no window but the strong tier's, whose worst case the budget cannot take: now it is full.
+        with pytest.raises(openai.RateLimitError) as raised:
+            chat(proxy, HUGE, max_tokens=16384)
+        assert "budget" in str(raised.value)
+        assert strong.requests == [] and len(oss.requests) == 1
+        assert stats(proxy)["books"]["budgets"]["global"]["alerts_fired"] == [0.5, 0.8, 1.0]
+
+
 # ---- the cascade with the cheap tier -------------------------------------------------------------
 
 UNSURE = "Which is the largest planet?"

@@ -79,6 +79,17 @@ def test_a_concurrent_burst_never_holds_more_than_the_budget() -> None:
     assert abs(described["held_usd"] - 0.9) < 1e-9
 
 
+def test_a_refusal_fires_every_alert_unless_a_cheaper_model_is_left_to_ask() -> None:
+    clock = Clock(JAN_31)
+    gate, budgets = _gate(_settings(limit=0.2), clock)  # the worst case of 100 + 100 tokens is $0.30
+    refused = asyncio.run(gate.admit("alice", "cerebras", 100, 100, cheaper_left=True))
+    assert isinstance(refused, Refusal) and refused.reason == "budget"
+    assert asyncio.run(budgets.describe())["global"]["alerts_fired"] == []
+    refused = asyncio.run(gate.admit("alice", "cerebras", 100, 100))
+    assert isinstance(refused, Refusal) and refused.reason == "budget"
+    assert asyncio.run(budgets.describe())["global"]["alerts_fired"] == [0.5, 0.8, 1.0]
+
+
 def test_settling_a_ticket_replaces_its_hold_by_the_real_cost() -> None:
     clock = Clock(JAN_31)
     gate, budgets = _gate(_settings(limit=1.0), clock)
