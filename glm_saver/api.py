@@ -96,9 +96,9 @@ def install_routes(plugin: StateSource) -> None:
         if not (getattr(route, "endpoint", None) and getattr(route.endpoint, "__module__", "") == __name__ and route.path in paths)
     ]
     app.router.routes[:] = [*ours, *kept]
-    from glm_saver.asgi import install_layer
-    from glm_saver.body_guard import NonObjectBodyGuard
-    from glm_saver.keepalive import KeepAliveLayer
+    from glm_saver.layers.body_guard import NonObjectBodyGuard
+    from glm_saver.layers.keepalive import KeepAliveLayer
+    from glm_saver.layers.stack import install_layer
 
     install_layer(app, KeepAliveLayer)
     install_layer(app, NonObjectBodyGuard)  # outside the keep-alive layer: a body it refuses never gets a wire

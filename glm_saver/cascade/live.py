@@ -21,7 +21,7 @@ from typing import Any
 
 from glm_saver.cascade.scoring import DraftFacts
 from glm_saver.events import SERVED_KEY  # what a live answer really served, for the books
-from glm_saver.keepalive import KEEPALIVE  # what the iterator hook yields while the local model is silent
+from glm_saver.layers.keepalive import KEEPALIVE  # what the iterator hook yields while the local model is silent
 
 logger = logging.getLogger(__name__)
 

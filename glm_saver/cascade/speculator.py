@@ -45,7 +45,7 @@ from glm_saver.cascade.scoring import DraftFacts, Score, best_draft, score_draft
 from glm_saver.cascade.stats import SpeculativeStats
 from glm_saver.events import CALL_KEY
 from glm_saver.failures import is_unreachable
-from glm_saver.keepalive import hold_open
+from glm_saver.layers.keepalive import hold_open
 from glm_saver.reasoning import room_for_retry, spent_on_reasoning, with_room
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
@@ -356,7 +356,7 @@ class Speculator:
 
         Drafting (and a verify) may outlast a client's or a proxy's idle timeout: past
         `open_after_seconds` the response opens under the headers true now, with keep-alives, and
-        the outcome follows as SSE comments (keepalive.py); it is in /stats and the log as always.
+        the outcome follows as SSE comments (layers/keepalive.py); it is in /stats and the log as always.
         """
         deciding = {
             "x-glm-saver-route": "cascade",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from glm_saver.body_guard import NonObjectBodyGuard
+from glm_saver.layers.body_guard import NonObjectBodyGuard
 
 
 class App:

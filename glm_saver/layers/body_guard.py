@@ -11,7 +11,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from glm_saver.asgi import is_completion_post
+from glm_saver.layers.stack import is_completion_post
 
 
 def _error_body(kind: str) -> bytes:

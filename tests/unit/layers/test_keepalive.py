@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from glm_saver.keepalive import KEEPALIVE, WIRE, KeepAliveLayer, hold_open
+from glm_saver.layers.keepalive import KEEPALIVE, WIRE, KeepAliveLayer, hold_open
 
 DECIDING = {"x-glm-saver-route": "cascade", "x-glm-saver-reason": "cascade-deciding: still drafting"}
 ROUTE = [(b"x-glm-saver-route", b"draft-accepted"), (b"x-glm-saver-reason", b"confident: confidence 0.98")]

@@ -27,7 +27,7 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from glm_saver.asgi import is_completion_post
+from glm_saver.layers.stack import is_completion_post
 
 logger = logging.getLogger(__name__)
 

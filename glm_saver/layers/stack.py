@@ -1,4 +1,4 @@
-"""The plugin's ASGI layers in front of LiteLLM's app (body_guard.py, keepalive.py): which requests
+"""The plugin's ASGI layers in front of LiteLLM's app (body_guard.py, keepalive.py here): which requests
 they see, and putting a layer in front of the app once."""
 
 from __future__ import annotations

@@ -1,0 +1,3 @@
+"""ASGI layers the plugin puts in front of LiteLLM's app: the body guard (a JSON body that is not an
+object gets a clean 400) and the keep-alive layer (a streamed cascade still deciding opens early and
+sends SSE comments). stack.py says which requests they see and installs them once."""
