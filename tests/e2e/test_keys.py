@@ -18,6 +18,7 @@ import pytest
 
 from glm_saver.callers import hash_key
 from glm_saver.cli import main
+from tests.e2e.polling import poll
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 
@@ -157,9 +158,9 @@ def test_no_key_and_no_prompt_text_in_the_logs_or_stats(keyed_proxy: Proxy, cere
     metrics = httpx.get(f"{keyed_proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True)
     assert metrics.status_code == 200 and "glm_saver_requests_total" in metrics.text  # the right page
     log_file = keyed_proxy.directory / "glm-saver.log"  # LoggingSettings.file, beside the config
+    # The decisions are there (it is the right file) and the fallback's WARNING, once the log thread wrote them.
+    poll(lambda: all(line in log_file.read_text() for line in ("glm-saver -> cerebras", "cerebras failed with 500")), "the plugin log", 20)
     plugin_log = log_file.read_text()
-    assert "glm-saver -> cerebras" in plugin_log  # the decisions are there: it is the right file
-    assert "cerebras failed with 500" in plugin_log  # and the fallback's WARNING
     for name, text in (("plugin log", plugin_log), ("/stats", stats), ("/metrics", metrics.text), ("proxy console", keyed_proxy.log())):
         for secret in SECRETS:
             assert secret not in text, f"a key is in the {name}"
