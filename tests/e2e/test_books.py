@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.e2e.books import books, books_holding
+from tests.e2e.polling import poll
 from tests.e2e.proxy import MASTER_KEY, Proxy, metric
 from tests.e2e.redis_server import running_redis
 from tests.fakes.upstream import FakeUpstream
@@ -187,6 +188,7 @@ def test_budget_alerts_fire_once_each_then_local_answers_at_no_cost_and_spend_su
     assert {alert["budget"] for alert in alerts} == {"global"}
     for threshold in ("0.5", "0.8", "1"):
         assert metric(proxy, f'glm_saver_budget_alerts_total{{budget="global",threshold="{threshold}"}}') == 1
+    poll(lambda: proxy.log().count("budget global reached") >= 3, "the three alerts in the proxy's log (written by the log thread)", 20)
     log = proxy.log()
     for percent in ("50%", "80%", "100%"):
         assert log.count(f"budget global reached {percent}") == 1
