@@ -8,7 +8,7 @@ from prometheus_client import Counter, Gauge
 from glm_saver.books.headroom import Quota
 
 REQUESTS = Counter("glm_saver_requests", "Chat requests routed by the plugin", ["route", "strategy", "reason"])
-RATE_LIMIT_SHIFTS = Counter("glm_saver_rate_limit_shifts", "Requests sent local because Cerebras had no headroom", ["reason"])
+RATE_LIMIT_SHIFTS = Counter("glm_saver_rate_limit_shifts", "Requests moved to another tier because the wanted one had no headroom", ["reason"])
 CEREBRAS_429 = Counter("glm_saver_cerebras_rate_limited", "429 answers received from Cerebras")
 # Cerebras limits each model on its own: one series per paid tier's group.
 TOKENS_REMAINING = Gauge("glm_saver_cerebras_tokens_remaining_minute", "Cerebras tokens left this minute (last reading)", ["group"])
