@@ -10,7 +10,7 @@ these hooks.
     python bench/hook_floor.py [--rounds 4] [--requests 200] [--bisect]
 
 `--bisect` adds one no-op proxy per hook with every hook but that one: what leaving it out saves.
-`--layers` adds the no-op logger with the plugin's ASGI layers (body guard, keep-alive) in front.
+`--layers` adds the no-op logger with the plugin's ASGI layers (body guard, keep-alive) in front, both and each.
 """
 
 from __future__ import annotations
@@ -54,19 +54,22 @@ NOOP_HOOKS: dict[str, str] = {
 }
 
 
-def noop_module(hooks: list[str], layers: bool) -> str:
-    """A hooks file LiteLLM loads by path: a CustomLogger defining exactly `hooks`."""
+# The plugin's ASGI layers in front of LiteLLM's app, in the order it installs them.
+LAYERS = {"keepalive": ("glm_saver.keepalive", "KeepAliveLayer"), "body_guard": ("glm_saver.body_guard", "NonObjectBodyGuard")}
+
+
+def noop_module(hooks: list[str], layers: tuple[str, ...]) -> str:
+    """A hooks file LiteLLM loads by path: a CustomLogger defining exactly `hooks`, and `layers`."""
     body = "\n".join(f"    {line}" for name in hooks for line in (NOOP_HOOKS[name] + "\n").splitlines()) or "    pass"
-    install = (
-        "from glm_saver import proxy\nfrom glm_saver.asgi import install_layer\nfrom glm_saver.body_guard import NonObjectBodyGuard\n"
-        "from glm_saver.keepalive import KeepAliveLayer\ninstall_layer(proxy.app(), KeepAliveLayer)\ninstall_layer(proxy.app(), NonObjectBodyGuard)\n"
-        if layers
-        else ""
+    install = "".join(
+        f"from glm_saver import proxy\nfrom glm_saver.asgi import install_layer\nfrom {LAYERS[name][0]} import {LAYERS[name][1]}\n"
+        f"install_layer(proxy.app(), {LAYERS[name][1]})\n"
+        for name in layers
     )
     return f"from litellm.integrations.custom_logger import CustomLogger\n\nclass Noop(CustomLogger):\n{body}\n\n{install}proxy_handler_instance = Noop()\n"
 
 
-def noop_proxy(work: Path, name: str, fake_url: str, hooks: list[str], layers: bool = False) -> tuple[Proxy, dict[str, Any]]:
+def noop_proxy(work: Path, name: str, fake_url: str, hooks: list[str], layers: tuple[str, ...] = ()) -> tuple[Proxy, dict[str, Any]]:
     directory = work / name
     (directory / "hooks").mkdir(parents=True)
     (directory / "hooks" / "noop_hook.py").write_text(noop_module(hooks, layers))
@@ -100,7 +103,9 @@ def main() -> None:
         "plugin": (Proxy(directory=work / "plugin", cerebras_url=fake_url), proxy_config(fake_url, glm_saver={"strategy": "smart_routing"})),
     }
     if args.layers:
-        proxies["noop-all+layers"] = noop_proxy(work, "noop-all-layers", fake_url, every, layers=True)
+        proxies["noop-all+layers"] = noop_proxy(work, "noop-all-layers", fake_url, every, layers=tuple(LAYERS))
+        for layer in LAYERS:
+            proxies[f"noop-all+{layer}"] = noop_proxy(work, f"noop-all-{layer}", fake_url, every, layers=(layer,))
     if args.bisect:
         for hook in every:
             proxies[f"noop-all - {hook}"] = noop_proxy(work, f"without-{hook}", fake_url, [name for name in every if name != hook])
