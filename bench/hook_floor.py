@@ -10,6 +10,8 @@ these hooks.
     python bench/hook_floor.py [--rounds 4] [--requests 200] [--bisect]
 
 `--bisect` adds one no-op proxy per hook with every hook but that one: what leaving it out saves.
+`--rewrite` adds the no-op logger whose pre-call hook changes the request as the plugin does (asked
+for `glm-saver`, sent to `local` with the plan's fallbacks and tag): what LiteLLM does more for that.
 `--layers` adds the no-op logger with the plugin's ASGI layers (body guard, keep-alive) in front, both and each.
 """
 
@@ -54,13 +56,26 @@ NOOP_HOOKS: dict[str, str] = {
 }
 
 
+# What the plugin's pre-call hook does to a request it routes local (plugin._apply): the group, the
+# plan's fallbacks, its tag in the metadata. `--rewrite` measures what LiteLLM does more for that.
+REWRITING_PRE_CALL = (
+    "async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):\n"
+    "    if data.get('model') == 'glm-saver':\n"
+    "        data['model'] = 'local'\n"
+    "        data['fallbacks'] = [{'local': ['cerebras']}]\n"
+    "        data.setdefault('metadata', {})['glm_saver'] = {'requested': 'glm-saver', 'route': 'local', 'reason': 'simple', 'detail': 'x', "
+    "'strategy': 'smart_routing', 'score': 0.1, 'label': None, 'key': 'admin', 'prompt_tokens': 12}\n"
+    "    return data"
+)
+
 # The plugin's ASGI layers in front of LiteLLM's app, in the order it installs them.
 LAYERS = {"keepalive": ("glm_saver.keepalive", "KeepAliveLayer"), "body_guard": ("glm_saver.body_guard", "NonObjectBodyGuard")}
 
 
-def noop_module(hooks: list[str], layers: tuple[str, ...]) -> str:
+def noop_module(hooks: list[str], layers: tuple[str, ...], rewrite: bool = False) -> str:
     """A hooks file LiteLLM loads by path: a CustomLogger defining exactly `hooks`, and `layers`."""
-    body = "\n".join(f"    {line}" for name in hooks for line in (NOOP_HOOKS[name] + "\n").splitlines()) or "    pass"
+    code = {**NOOP_HOOKS, **({"async_pre_call_hook": REWRITING_PRE_CALL} if rewrite else {})}
+    body = "\n".join(f"    {line}" for name in hooks for line in (code[name] + "\n").splitlines()) or "    pass"
     install = "".join(
         f"from glm_saver import proxy\nfrom glm_saver.asgi import install_layer\nfrom {LAYERS[name][0]} import {LAYERS[name][1]}\n"
         f"install_layer(proxy.app(), {LAYERS[name][1]})\n"
@@ -69,10 +84,10 @@ def noop_module(hooks: list[str], layers: tuple[str, ...]) -> str:
     return f"from litellm.integrations.custom_logger import CustomLogger\n\nclass Noop(CustomLogger):\n{body}\n\n{install}proxy_handler_instance = Noop()\n"
 
 
-def noop_proxy(work: Path, name: str, fake_url: str, hooks: list[str], layers: tuple[str, ...] = ()) -> tuple[Proxy, dict[str, Any]]:
+def noop_proxy(work: Path, name: str, fake_url: str, hooks: list[str], layers: tuple[str, ...] = (), rewrite: bool = False) -> tuple[Proxy, dict[str, Any]]:
     directory = work / name
     (directory / "hooks").mkdir(parents=True)
-    (directory / "hooks" / "noop_hook.py").write_text(noop_module(hooks, layers))
+    (directory / "hooks" / "noop_hook.py").write_text(noop_module(hooks, layers, rewrite))
     config = proxy_config(fake_url)
     config.pop("glm_saver")
     config["litellm_settings"]["callbacks"] = ["hooks.noop_hook.proxy_handler_instance", "prometheus"]
@@ -86,6 +101,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--bisect", action="store_true")
     parser.add_argument("--layers", action="store_true")
+    parser.add_argument("--rewrite", action="store_true", help="add the no-op logger whose pre-call hook rewrites the request as the plugin does")
     parser.add_argument("--only", nargs="*", default=None, help="one extra no-op proxy per hook named, with that hook alone")
     args = parser.parse_args()
 
@@ -106,12 +122,14 @@ def main() -> None:
         proxies["noop-all+layers"] = noop_proxy(work, "noop-all-layers", fake_url, every, layers=tuple(LAYERS))
         for layer in LAYERS:
             proxies[f"noop-all+{layer}"] = noop_proxy(work, f"noop-all-{layer}", fake_url, every, layers=(layer,))
+    if args.rewrite:
+        proxies["noop-all rewriting (asks glm-saver)"] = noop_proxy(work, "noop-all-rewriting", fake_url, every, rewrite=True)
     if args.bisect:
         for hook in every:
             proxies[f"noop-all - {hook}"] = noop_proxy(work, f"without-{hook}", fake_url, [name for name in every if name != hook])
     for hook in args.only or []:
         proxies[f"noop only {hook}"] = noop_proxy(work, f"only-{hook}", fake_url, [hook])
-    models = {name: "glm-saver" if name == "plugin" else "local" for name in proxies}
+    models = {name: "glm-saver" if name == "plugin" or "rewriting" in name else "local" for name in proxies}
     cpu: dict[str, list[float]] = {name: [] for name in proxies}
     rps: dict[str, list[float]] = {name: [] for name in proxies}
     try:
