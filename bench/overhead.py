@@ -87,22 +87,28 @@ async def one_pass(url: str, model: str, requests: int, concurrency: int, messag
         return requests / (time.perf_counter() - began), latencies
 
 
-def classifier_timings(rounds: int = 2000) -> tuple[float, float, int]:
+def classifier_timings(rounds: int = 2000) -> tuple[float, float, float, int]:
+    """p50 of the classifier on a new ask (the first request of a task), on an ask it has judged
+    already (the task's later tool rounds), and of the request view; the request's size."""
     request = {"messages": cline.vscode_task_of_size("Fix the typo in the README title", 60_000), "tools": [cline.READ_FILE_TOOL]}
     size = sum(len(text) for message in request["messages"] for text in content_text(message["content"]))
     classifier = ComplexityClassifier()
     classifier.classify(request["messages"])  # warm the encoder
-    times = []
-    for _ in range(rounds):
+    times, again = [], []
+    for round_ in range(rounds):
+        messages = cline.vscode_task_of_size(f"Fix the typo in the README title ({round_})", 60_000)
         began = time.perf_counter()
-        classifier.classify(request["messages"])
+        classifier.classify(messages)
         times.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        classifier.classify(messages)
+        again.append(time.perf_counter() - began)
     view_times = []
     for _ in range(rounds // 10):
         began = time.perf_counter()
         RequestView.from_data(request)
         view_times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1000, statistics.median(view_times) * 1000, size
+    return statistics.median(times) * 1000, statistics.median(again) * 1000, statistics.median(view_times) * 1000, size
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -276,8 +282,10 @@ def main() -> None:
         f"two proxies on one redis, loaded at once at concurrency {args.concurrency} each: {both:.1f} req/s combined, one alone {alone:.1f} req/s, ratio {both / alone:.2f}"
     )
     print(f"failed requests (all proxies): {dict(FAILURES) or 'none'}")
-    classify_ms, view_ms, size = classifier_timings()
-    print(f"classifier on a {size / 1024:.0f} KB Cline-shaped request: p50 {classify_ms:.3f} ms (target < 1 ms)")
+    classify_ms, again_ms, view_ms, size = classifier_timings()
+    print(
+        f"classifier on a {size / 1024:.0f} KB Cline-shaped request: p50 {classify_ms:.3f} ms (target < 1 ms); the same ask again (kept verdict) {again_ms:.3f} ms"
+    )
     print(f"request view (ask + whole-prompt token count, cached) on the same request: p50 {view_ms:.3f} ms")
 
 

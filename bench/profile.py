@@ -1,6 +1,10 @@
 """Where the plugin's time goes: py-spy samples one proxy (with the plugin) under the bench's load.
 
-    python bench/profile.py [--seconds 25] [--concurrency 16] [--state sqlite|redis] [--top 25]
+    python bench/profile.py [--seconds 25] [--concurrency 16] [--state sqlite|redis] [--top 25] [--proxy plugin|noop|plain]
+
+`--proxy noop` samples the no-op logger of bench/hook_floor.py (the plugin's hook methods, each
+returning at once) and `--proxy plain` LiteLLM without either: with `--out`, their stacks set
+beside the plugin's show what LiteLLM does per request because the hooks are there.
 
 py-spy is the proxy's parent (it starts it), so it may trace it where ptrace is limited to
 descendants. Prints the functions with the most samples: own time of the plugin's frames in the
@@ -24,6 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.hook_floor import NOOP_HOOKS, noop_proxy
 from bench.overhead import one_pass, start_fake
 from tests.e2e.proxy import Proxy, proxy_config, wait_for_http
 
@@ -65,27 +70,33 @@ def main() -> None:
     parser.add_argument("--state", default="sqlite")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--out", default=None, help="keep the raw collapsed stacks here")
+    parser.add_argument("--proxy", choices=("plugin", "noop", "plain"), default="plugin")
     args = parser.parse_args()
 
     fake, fake_url = start_fake("local")
     work = Path(tempfile.mkdtemp(prefix="glm-saver-profile-"))
-    proxy = Proxy(directory=work, cerebras_url=fake_url)
     glm = {"strategy": "smart_routing", "state": args.state}
     if args.redis_url:
         glm["redis_url"] = args.redis_url
+    proxy, config, model = Proxy(directory=work, cerebras_url=fake_url), proxy_config(fake_url, glm_saver=glm), "glm-saver"
+    if args.proxy != "plugin":
+        proxy, config = noop_proxy(work, args.proxy, fake_url, list(NOOP_HOOKS) if args.proxy == "noop" else [])
+        model = "local"
+        if args.proxy == "plain":
+            config["litellm_settings"]["callbacks"] = ["prometheus"]
     raw = Path(args.out) if args.out else work / "profile.txt"
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-    command = [spy, "record", "--format", "raw", "--rate", "100", "--nonblocking", "-o", str(raw), "--", *proxy.command(proxy_config(fake_url, glm_saver=glm))]
+    command = [spy, "record", "--format", "raw", "--rate", "100", "--nonblocking", "-o", str(raw), "--", *proxy.command(config)]
     with proxy.log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=work, env=proxy.environment(), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_http(process, f"{proxy.url}/health/liveliness", proxy.log_path, 900, "proxy")  # type: ignore[arg-type]  # py-spy's Popen is text-less, as wait_for_http expects
-        asyncio.run(one_pass(proxy.url, "glm-saver", 100, 4))  # warm up
+        asyncio.run(one_pass(proxy.url, model, 100, 4))  # warm up
         deadline = time.monotonic() + args.seconds
         sent = 0
         while time.monotonic() < deadline:
             try:
-                asyncio.run(one_pass(proxy.url, "glm-saver", 200, args.concurrency))
+                asyncio.run(one_pass(proxy.url, model, 200, args.concurrency))
             except httpx.HTTPError as err:  # a busy machine's fake may drop a connection: keep sampling
                 print(f"a pass failed ({err}); going on", file=sys.stderr)
             sent += 200
@@ -98,7 +109,9 @@ def main() -> None:
             process.kill()
         fake.terminate()
     samples, plugin, leaves = top_frames(raw, args.top)
-    print(f"py-spy: {samples} event-loop samples (start-up left out) over {sent} requests at concurrency {args.concurrency}, state {args.state}")
+    print(
+        f"py-spy: {samples} event-loop samples (start-up left out) over {sent} requests at concurrency {args.concurrency}, state {args.state}, proxy {args.proxy}"
+    )
     print("plugin frames by share of those samples (the frame anywhere on the stack):")
     for frame, count in plugin:
         print(f"  {100 * count / samples:5.1f}%  {frame}")

@@ -10,7 +10,6 @@ pre-call hook fails open to plain LiteLLM routing, which the deployment gate sti
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -28,7 +27,7 @@ from glm_saver.books.counters import RoutingStats
 from glm_saver.books.headroom import CloudHeadroom, Quota
 from glm_saver.books.history import History, Slot
 from glm_saver.books.ledger import ROLES, Ledger, Tally
-from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store
+from glm_saver.books.store import STORE_HEALTH, StoreUnavailable, build_store, raise_first, side_by_side
 from glm_saver.callers import caller_label
 from glm_saver.cascade.live import LiveAnswers, stream_live
 from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata, placeholder_mock
@@ -99,6 +98,7 @@ class GlmSaver(CustomLogger):
         self.classifier: Classifier = build_classifier(settings.classifier)
         self.tiers: Tiers = build_tiers(settings, config, self.classifier)
         self.cloud_configured = self.tiers.strongest.configured
+        self._batched = settings.state == "redis"  # updates started together share a round trip
         self.stats = RoutingStats()
         paid = [tier.group for tier in self.tiers.ladder if tier.paid]
         # The entry models are Cerebras deployments too when the plugin is bypassed (shipped config).
@@ -361,13 +361,11 @@ class GlmSaver(CustomLogger):
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_success(kwargs, response_obj)
         kept = self.ledger.keeps(record.group)
-        # Side by side: on Redis the headroom, the books, the budgets and the history of one answer
+        # Side by side on Redis: the headroom, the books, the budgets and the history of one answer
         # go in one round trip.
-        await asyncio.gather(
-            self._observe_cloud(record),
-            self.ledger.record(record) if kept else _nothing(),
-            self.history.observe(record, self.ledger.charge_of(record) if kept else None),
-        )
+        steps = [self._observe_cloud(record), *([self.ledger.record(record)] if kept else [])]
+        steps.append(self.history.observe(record, self.ledger.charge_of(record) if kept else None))
+        raise_first(await side_by_side(steps, at_once=self._batched))
         if record.tag is None:
             return
         answered = self._route_of_group(record.group) or str(record.group)
@@ -388,7 +386,7 @@ class GlmSaver(CustomLogger):
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_failure(kwargs)
-        await asyncio.gather(self._observe_cloud(record), self.history.observe(record, None), self._release_holds(record))
+        raise_first(await side_by_side([self._observe_cloud(record), self.history.observe(record, None), self._release_holds(record)], at_once=self._batched))
         if record.tag is None:
             return
         what = "resting" if record.status == 429 and record.headers is None else str(record.status or record.error)
@@ -490,10 +488,6 @@ class GlmSaver(CustomLogger):
                 }
             )
         return described
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _ticketed(request_kwargs: Mapping[str, Any] | None, group: str) -> bool:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 import glm_saver.books.metrics as metrics
 from glm_saver.books.budgets import BudgetBook, BudgetUse
-from glm_saver.books.store import StoreUnavailable, build_store
+from glm_saver.books.store import StoreUnavailable, build_store, raise_first, side_by_side
 from glm_saver.deployments import Prices, group_prices
 from glm_saver.settings import GlmSaverSettings
 
@@ -214,10 +214,7 @@ class Ledger:
         """The books and the budgets at once (one round trip on Redis); a part already done is not
         done again when the other is retried."""
         parts = [part for part, done in ((self._add_to_books, answer.booked), (self._settle, answer.settled)) if not done]
-        outcomes = await asyncio.gather(*(part(answer) for part in parts), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        raise_first(await side_by_side([part(answer) for part in parts], at_once=self._settings.state == "redis"))
 
     async def _add_to_books(self, answer: Unbooked) -> None:
         charge = answer.charge

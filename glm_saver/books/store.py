@@ -12,6 +12,8 @@ got there first, the script answers with what it holds and the change is recompu
 Round trips: one `RedisLink` per Redis URL and process sends every command issued in the same turn
 of the event loop (or the next) as one pipeline, so updates the caller starts together (`asyncio.gather`: the
 books, the history, the headroom and the budgets of one answer) cost one round trip between them.
+`side_by_side` starts such updates together on Redis only: elsewhere nothing is gained by it, and a
+task per update costs the event loop more than the update itself.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -36,6 +38,7 @@ from glm_saver.settings import ConfigError, GlmSaverSettings
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
+T = TypeVar("T")
 
 REDIS_KEY_PREFIX = "glm_saver:"
 # Shared state outlives a day's rate-limit window, not much more.
@@ -60,6 +63,27 @@ if not same then return {0, unpack(held)} end
 for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[2 * i + 1], 'EX', ARGV[1]) end
 return {1}
 """
+
+
+async def side_by_side(steps: Sequence[Awaitable[T]], at_once: bool) -> list[T | BaseException]:
+    """Every step's result or exception: started together when `at_once` (a gather, one Redis round
+    trip), else awaited one after the other; a failed step never stops the others."""
+    if at_once:
+        return await asyncio.gather(*steps, return_exceptions=True)
+    results: list[T | BaseException] = []
+    for step in steps:
+        try:
+            results.append(await step)
+        except Exception as err:  # noqa: BLE001 - handed back, as the gather does
+            results.append(err)
+    return results
+
+
+def raise_first(results: Sequence[object]) -> None:
+    """The first exception of `side_by_side`'s results, raised."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _sha1(text: str) -> str:

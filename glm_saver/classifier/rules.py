@@ -22,10 +22,13 @@ A custom classifier is any object with the same `classify` method, named by dott
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast, runtime_checkable
@@ -50,6 +53,10 @@ _MIN_REASON = 0.05
 # Keywords and regex rules found only in the earlier asks of a conversation count this much of their
 # weight: "yes, do it" after "fix the race condition" is still about the race condition.
 CONTEXT_RULE_SHARE = 0.5
+# Verdicts kept per classifier, by a digest of (ask, context). An agent's task sends the same latest
+# ask with every tool round (tool results carry no words of the user), so most requests repeat a
+# verdict; the embedding and the rules cost about 1 ms a request (py-spy). Bounded: the oldest go.
+VERDICTS_KEPT = 512
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ class ComplexityClassifier:
             for rule in self.settings.rules
         ]
         self._model = (model or shipped_model()) if self.settings.learned_model else None
+        self._judged: OrderedDict[bytes, tuple[float, list[str]]] = OrderedDict()  # score and reasons
+        self._judged_lock = threading.Lock()  # the public API may be called from threads
         self.threshold = self.settings.threshold  # calibrating scores asks with classify(), which reads it
         self.threshold = self._decision_threshold()
 
@@ -95,11 +104,27 @@ class ComplexityClassifier:
 
     def classify_text(self, ask: str, context: str = "") -> Classification:
         """The verdict on one ask; `context` is the end of the conversation's earlier asks."""
-        score, evidence = self.score_text(ask, context)
+        score, reasons = self._judgement(ask, context)
         label: Label = "complex" if score >= self.threshold else "simple"
+        return Classification(score=score, label=label, reasons=list(reasons))
+
+    def _judgement(self, ask: str, context: str) -> tuple[float, list[str]]:
+        """The rounded score and the reasons, kept for the next request with the same ask."""
+        key = hashlib.blake2b(f"{ask}\0{context}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        with self._judged_lock:
+            kept = self._judged.get(key)
+            if kept is not None:
+                self._judged.move_to_end(key)
+                return kept
+        score, evidence = self.score_text(ask, context)
         shown = [(weight, reason) for weight, reason in evidence if abs(weight) >= _MIN_REASON or reason == "learned baseline"]
         reasons = [f"{reason} ({weight:+.1f})" for weight, reason in sorted(shown, key=lambda e: -abs(e[0]))]
-        return Classification(score=round(score, 4), label=label, reasons=reasons or ["no complexity signals"])
+        judgement = (round(score, 4), reasons or ["no complexity signals"])
+        with self._judged_lock:
+            self._judged[key] = judgement
+            if len(self._judged) > VERDICTS_KEPT:
+                self._judged.popitem(last=False)
+        return judgement
 
     def score_text(self, ask: str, context: str = "") -> tuple[float, list[tuple[float, str]]]:
         """The score of an ask and every part of it (weights in logit units; they sum to the logit)."""

@@ -14,7 +14,9 @@ Cost: tokenising is what costs (about 0.6 ms per 1,000 characters), so the text 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,8 @@ class Embedder:
     """Token vectors and the tokenizer of WordLlama; `vector(text)` is a unit-length 256-d vector."""
 
     def __init__(self) -> None:
-        import wordllama  # import here: only the learned scorer needs it
+        with _root_logging_kept():
+            import wordllama  # import here: only the learned scorer needs it
 
         model = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
         self.table: np.ndarray = model.embedding
@@ -66,6 +69,20 @@ class Embedder:
         """A token that starts a word, as text for reasons ('' for a piece inside a word)."""
         piece = self._tokenizer.id_to_token(token) or ""
         return piece[1:].lower() if piece.startswith("\u2581") else ""
+
+
+@contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """Importing wordllama calls `logging.basicConfig(level=INFO)`: the root logger gains a stderr
+    handler and INFO, so every LiteLLM logger left at NOTSET writes its INFO lines (about four a
+    request, each twice) synchronously on the proxy's event loop. Put the root logger back."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 @lru_cache(maxsize=1)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from glm_saver.books.ledger import Books, Charge
-from glm_saver.books.store import SqliteStore
+from glm_saver.books.store import SqliteStore, StoreUnavailable, raise_first, side_by_side
 
 CHARGE = Charge("cerebras", "cerebras", "smart_routing", "alice", "final", 100, 20, 0.000280, 0.000280)
 
@@ -46,3 +48,20 @@ def test_the_write_behind_runs_on_the_writer_thread_and_flush_waits_for_it(tmp_p
     asyncio.run(spend_then_flush_behind())
     store.flush()  # waits for the writer thread's transaction
     assert asyncio.run(SqliteStore(Books, path, "books").read("books")).totals.requests == 1
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+def test_updates_side_by_side_all_run_though_one_fails_and_its_error_comes_back(at_once: bool) -> None:
+    done: list[str] = []
+
+    async def step(name: str) -> str:
+        if name == "fails":
+            raise StoreUnavailable("redis is down")
+        done.append(name)
+        return name
+
+    results = asyncio.run(side_by_side([step("books"), step("fails"), step("history")], at_once=at_once))
+    assert done == ["books", "history"]
+    assert results[0] == "books" and results[2] == "history"
+    with pytest.raises(StoreUnavailable, match="redis is down"):
+        raise_first(results)

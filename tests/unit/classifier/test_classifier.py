@@ -3,6 +3,7 @@
 import pytest
 
 from glm_saver.classifier import Classification, ComplexityClassifier, build_classifier
+from glm_saver.classifier.rules import VERDICTS_KEPT
 from glm_saver.settings import ClassifierSettings, ConfigError, RegexRule
 from tests import cline_shapes as cline
 
@@ -117,3 +118,42 @@ def test_bad_custom_classifier_path_is_a_config_error(path: str) -> None:
 
 
 ask_nothing = "a string has no classify method"
+
+
+class CountingClassifier(ComplexityClassifier):
+    """Counts the asks it actually scores (the rest come from the kept verdicts)."""
+
+    def __init__(self, settings: ClassifierSettings | None = None) -> None:
+        self.scored: list[str] = []
+        super().__init__(settings)
+
+    def score_text(self, ask: str, context: str = "") -> tuple[float, list[tuple[float, str]]]:
+        self.scored.append(ask)
+        return super().score_text(ask, context)
+
+
+def test_an_agent_resending_its_ask_gets_the_same_verdict_without_a_second_scoring() -> None:
+    classifier = CountingClassifier()
+    first = classifier.classify(cline.vscode_task("Fix the race condition in the scheduler"))
+    again = classifier.classify([*cline.vscode_task("Fix the race condition in the scheduler"), {"role": "assistant", "content": "reading"}])
+    assert again == first
+    assert classifier.scored == ["Fix the race condition in the scheduler"]
+    assert ComplexityClassifier().classify(cline.vscode_task("Fix the race condition in the scheduler")) == first
+
+
+def test_a_kept_verdict_takes_the_threshold_of_the_moment() -> None:
+    classifier = CountingClassifier()
+    verdict = classifier.classify(ask("hello"))
+    classifier.threshold = verdict.score
+    assert classifier.classify(ask("hello")).label == "complex"
+    assert classifier.scored == ["hello"]
+
+
+def test_the_kept_verdicts_are_bounded_the_oldest_going_first() -> None:
+    classifier = CountingClassifier(ClassifierSettings(learned_model=False))
+    asks = [f"question number {n}" for n in range(VERDICTS_KEPT + 1)]
+    for text in asks:
+        classifier.classify(ask(text))
+    classifier.classify(ask(asks[-1]))
+    classifier.classify(ask(asks[0]))
+    assert classifier.scored == [*asks, asks[0]]

@@ -199,6 +199,24 @@ def test_loading_the_embedding_and_scoring_never_touch_the_network() -> None:
     assert result.stdout.split() == ["0", "True", "True"]
 
 
+# A fresh process: the embedder (and the wordllama import behind it) loads once per process.
+_ROOT_LOGGER_AFTER_LOAD = """
+import logging
+from glm_saver.classifier.learned import shipped_model
+before = (logging.getLogger().level, len(logging.getLogger().handlers))
+shipped_model()
+print(before == (logging.getLogger().level, len(logging.getLogger().handlers)), logging.getLogger("LiteLLM Router").isEnabledFor(logging.INFO))
+"""
+
+
+def test_loading_the_embedding_leaves_the_root_logger_as_it_was() -> None:
+    # wordllama's import calls logging.basicConfig(level=INFO): LiteLLM's loggers would then write
+    # their INFO lines on the proxy's event loop for every request.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", _ROOT_LOGGER_AFTER_LOAD], capture_output=True, text=True, check=True, env=env, timeout=120)
+    assert result.stdout.split() == ["True", "False"]
+
+
 def test_shipped_scorer_ranks_held_out_coding_asks_better_than_chance() -> None:
     held_out = of_split(coding(), "test")
     ours = ComplexityClassifier()
