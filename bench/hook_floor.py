@@ -69,7 +69,7 @@ REWRITING_PRE_CALL = (
 )
 
 # The plugin's ASGI layers in front of LiteLLM's app, in the order it installs them.
-LAYERS = {"keepalive": ("glm_saver.keepalive", "KeepAliveLayer"), "body_guard": ("glm_saver.body_guard", "NonObjectBodyGuard")}
+LAYERS = {"keepalive": ("glm_saver.layers.keepalive", "KeepAliveLayer"), "body_guard": ("glm_saver.layers.body_guard", "NonObjectBodyGuard")}
 
 
 def noop_module(hooks: list[str], layers: tuple[str, ...], rewrite: bool = False) -> str:
@@ -77,7 +77,7 @@ def noop_module(hooks: list[str], layers: tuple[str, ...], rewrite: bool = False
     code = {**NOOP_HOOKS, **({"async_pre_call_hook": REWRITING_PRE_CALL} if rewrite else {})}
     body = "\n".join(f"    {line}" for name in hooks for line in (code[name] + "\n").splitlines()) or "    pass"
     install = "".join(
-        f"from glm_saver import proxy\nfrom glm_saver.asgi import install_layer\nfrom {LAYERS[name][0]} import {LAYERS[name][1]}\n"
+        f"from glm_saver import proxy\nfrom glm_saver.layers.stack import install_layer\nfrom {LAYERS[name][0]} import {LAYERS[name][1]}\n"
         f"install_layer(proxy.app(), {LAYERS[name][1]})\n"
         for name in layers
     )
