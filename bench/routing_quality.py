@@ -172,11 +172,13 @@ def _sides(items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([float(i.weak_correct) for i in items]), np.array([float(i.strong_correct) for i in items])
 
 
-def timings(scorer: Scorer, batch: Sequence[list[dict[str, Any]]], rounds: int) -> tuple[float, float]:
+def timings(scorer: Scorer, make: Callable[[int], list[dict[str, Any]]], rounds: int) -> tuple[float, float]:
+    """p50 and p99 of `scorer` on `rounds` requests, each new traffic: a new ask (so no kept verdict)
+    and no cached token count."""
     times = []
     for i in range(rounds):
-        messages = batch[i % len(batch)]
-        tokens._counts.clear()  # every ask is new traffic: no cached token count
+        messages = make(i)
+        tokens._counts.clear()
         began = time.perf_counter()
         scorer(messages)
         times.append(time.perf_counter() - began)
@@ -185,13 +187,15 @@ def timings(scorer: Scorer, batch: Sequence[list[dict[str, Any]]], rounds: int) 
 
 
 def report_timings(scorers: dict[str, Scorer], asks: Sequence[str], rounds: int) -> None:
-    short = [[{"role": "user", "content": ask}] for ask in asks]
-    big = [cline.vscode_task_of_size(ask, 60_000) for ask in asks[:50]]
-    print(f"\n== time per decision, ms (p50 / p99, {rounds} calls, token cache cleared before each)")
+    shapes: dict[str, Callable[[int], list[dict[str, Any]]]] = {
+        "short asks": lambda i: [{"role": "user", "content": f"{asks[i % len(asks)]} ({i})"}],
+        "60 KB Cline request": lambda i: cline.vscode_task_of_size(f"{asks[i % 50]} ({i})", 60_000),
+    }
+    print(f"\n== time per decision, ms (p50 / p99, {rounds} calls, each a new ask, token cache cleared before each)")
     for label in (NEW, LITELLM):
-        for kind, batch in (("short asks", short), ("60 KB Cline request", big)):
-            scorers[label](batch[0])  # warm up
-            p50, p99 = timings(scorers[label], batch, rounds)
+        for kind, make in shapes.items():
+            scorers[label](make(-1))  # warm up
+            p50, p99 = timings(scorers[label], make, rounds)
             print(f"{label:<28}{kind:<22}p50 {p50:6.3f}   p99 {p99:6.3f}")
 
 
