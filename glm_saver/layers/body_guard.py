@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from glm_saver.layers.stack import is_completion_post
+from glm_saver.layers.stack import CompletionLayer
 
 
 def _error_body(kind: str) -> bytes:
@@ -30,14 +30,8 @@ def _json_kind(body: bytes) -> str | None:
     return {list: "array", str: "string", type(None): "null", bool: "boolean"}.get(type(value), "number")
 
 
-class NonObjectBodyGuard:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_completion_post(scope):
-            await self.app(scope, receive, send)
-            return
+class NonObjectBodyGuard(CompletionLayer):
+    async def completion(self, scope: Scope, receive: Receive, send: Send) -> None:
         messages, body = await _read_body(receive)
         kind = _json_kind(body)
         if kind is not None:

@@ -25,9 +25,9 @@ import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from glm_saver.layers.stack import is_completion_post
+from glm_saver.layers.stack import CompletionLayer
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +136,8 @@ def _error_event(body: bytes) -> bytes:
     return b"data: " + (body.strip() or b"{}") + b"\n\ndata: [DONE]\n\n"
 
 
-class KeepAliveLayer:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_completion_post(scope):
-            await self.app(scope, receive, send)
-            return
+class KeepAliveLayer(CompletionLayer):
+    async def completion(self, scope: Scope, receive: Receive, send: Send) -> None:
         wire = Wire(send)
         token = WIRE.set(wire)
         try:

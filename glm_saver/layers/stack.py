@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 _COMPLETION_SUFFIXES = ("/chat/completions", "/completions")
 
@@ -14,6 +14,22 @@ _COMPLETION_SUFFIXES = ("/chat/completions", "/completions")
 def is_completion_post(scope: Scope) -> bool:
     """A POST to a chat or text completion route: the only requests the layers act on."""
     return scope.get("type") == "http" and scope.get("method") == "POST" and str(scope.get("path", "")).endswith(_COMPLETION_SUFFIXES)
+
+
+class CompletionLayer:
+    """A layer that acts on completion POSTs (`completion`) and passes every other request through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_completion_post(scope):
+            await self.completion(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def completion(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
 
 
 def _stack(app: Any) -> Iterator[Any]:
