@@ -32,8 +32,8 @@ from bench.hook_floor import NOOP_HOOKS, noop_proxy
 from bench.overhead import one_pass, start_fake
 from tests.e2e.proxy import Proxy, proxy_config, wait_for_http
 
-# The body guard is ASGI middleware around the whole app: every request frame sits under it.
-WRAPPERS = ("body_guard.py",)
+# The ASGI layers wrap the whole app: every completion request's frames sit under their entry points.
+WRAPPERS = ("CompletionLayer.__call__", "KeepAliveLayer.completion", "NonObjectBodyGuard.completion")
 
 
 def _short(frame: str) -> str:
@@ -50,11 +50,11 @@ def top_frames(raw: Path, count: int) -> tuple[int, list[tuple[str, int]], list[
     samples = 0
     for line in raw.read_text().splitlines():
         stack, _, weight = line.rpartition(" ")
-        if "Runner.run" not in stack or "_find_and_load" in stack:
+        if "Runner.run" not in stack or "_find_and_load" in stack or "LifespanOn.main" in stack:  # start-up: imports, the plugin's load
             continue
         frames = stack.split(";")
         samples += int(weight)
-        ours = [_short(frame) for frame in frames if "glm_saver/" in frame and not frame.split(":")[0].endswith(WRAPPERS)]
+        ours = [_short(frame) for frame in frames if "glm_saver/" in frame and frame.partition(" (")[0] not in WRAPPERS]
         for frame in set(ours):
             plugin[frame] += int(weight)
         if ours:
