@@ -208,12 +208,18 @@ class RedisLink:
             results = [err] * len(batch)
         for (command, future, script), answer in zip(batch, results, strict=True):
             result = await _result_of(_load_and_run(client, script, command)) if script is not None and _unknown_script(answer) else answer
-            if future.done():  # its caller gave up waiting
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            _settle(future, result, result if isinstance(result, BaseException) else None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Answer a waiting caller with its result, or its error; a future answered already, or whose
+    caller gave up waiting, is left alone."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _unknown_script(result: Any) -> bool:
@@ -337,12 +343,7 @@ class _Failed:
 
 def _answer(callers: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
     for (_, future), result in zip(callers, results, strict=True):
-        if future.done():  # answered already, or its caller gave up waiting
-            continue
-        if isinstance(result, _Failed):
-            future.set_exception(result.error)
-        else:
-            future.set_result(result)
+        _settle(future, result, result.error if isinstance(result, _Failed) else None)
 
 
 def _apply_in_turn(value: M, changes: list[Callable[[M], tuple[M, Any]]]) -> tuple[list[M], list[Any]]:
