@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, Field
 
 from glm_saver.books.ledger import FINAL
-from glm_saver.books.store import REDIS_KEY_PREFIX, LinkScript, RedisLink, Store, StoreUnavailable
+from glm_saver.books.store import REDIS_KEY_PREFIX, LinkScript, RedisLink, Store, StoreUnavailable, hash_fields
 from glm_saver.routing.tiers import tier_names
 from glm_saver.settings import STRONGEST_TIER
 
@@ -198,7 +198,7 @@ class RedisMinutes:
         replies = await asyncio.gather(*(self._link.call("HGETALL", f"{self._prefix}{hour}") for hour in hours))
         buckets: dict[int, Bucket] = {}
         for reply in replies:
-            for field, value in (reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))).items():
+            for field, value in hash_fields(reply).items():
                 minute_text, _, name = field.partition(SEP)
                 minute = int(minute_text)
                 if minute >= oldest:

@@ -241,6 +241,13 @@ async def _result_of(call: Any) -> Any:
         return err
 
 
+def hash_fields(reply: Any) -> dict[str, str]:
+    """HGETALL's reply as a dict (a pipeline hands it over as parsed, a bare command too; RESP2 lists, just in case)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
 _LINKS: dict[str, RedisLink] = {}
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from glm_saver.books.ledger import FINAL, MAX_ROWS, TABLES, Books, Charge, Tally
-from glm_saver.books.store import REDIS_KEY_PREFIX, REDIS_TTL_SECONDS, LinkScript, RedisLink, Store
+from glm_saver.books.store import REDIS_KEY_PREFIX, REDIS_TTL_SECONDS, LinkScript, RedisLink, Store, hash_fields
 
 BOOKS_KEY = "books"
 # Field names in the hash: table, row and counter joined by a separator no name is expected to hold.
@@ -129,17 +129,10 @@ class RedisTallies:
 
     async def read(self) -> Books:
         fields = await self._link.call("HGETALL", self._key)
-        return books_from_hash(_pairs(fields))
+        return books_from_hash(hash_fields(fields))
 
 
 _ADD_SCRIPT = LinkScript(_ADD)
-
-
-def _pairs(reply: Any) -> dict[str, str]:
-    """HGETALL's reply as a dict (a pipeline hands it over as parsed, a bare command too; RESP2 lists, just in case)."""
-    if isinstance(reply, dict):
-        return reply
-    return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def build_tallies(document_store: Callable[[], Store[Books]], redis: RedisLink | None) -> TallyStore:
