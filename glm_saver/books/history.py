@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from glm_saver.books.ledger import FINAL
 from glm_saver.books.store import REDIS_KEY_PREFIX, LinkScript, RedisLink, Store, StoreUnavailable, hash_fields
-from glm_saver.routing.tiers import tier_names
+from glm_saver.routing.tiers import tier_name_of
 from glm_saver.settings import STRONGEST_TIER
 
 if TYPE_CHECKING:
@@ -73,12 +73,6 @@ class Slot(BaseModel):
 
     hour: int = -1
     buckets: dict[int, Bucket] = Field(default_factory=dict)
-
-
-def path_names(groups: Sequence[str]) -> dict[str, str]:
-    """The path each tier's group counts under: `local` and `cerebras` with two tiers (as always),
-    each tier by its name with more (`local`, `cerebras-oss`, `cerebras`)."""
-    return dict(zip(groups, tier_names(groups), strict=True))
 
 
 def path_of(route: str, answered: str | None, paths: dict[str, str]) -> str:
@@ -226,7 +220,9 @@ class History:
         """`groups`: the tiers' model groups, cheapest first."""
         self._minutes: Minutes = RedisMinutes(store, minutes) if isinstance(store, RedisLink) else SlotMinutes(store, minutes)
         self.minutes = minutes
-        self._paths = path_names(groups)
+        # The path each tier's group counts under: `local` and `cerebras` with two tiers (as always),
+        # each tier by its name with more (`local`, `cerebras-oss`, `cerebras`).
+        self._paths = tier_name_of(groups)
         self._clock = clock
         self._recent: deque[Decision] = deque(maxlen=RECENT_DECISIONS)
         self._lock = threading.Lock()

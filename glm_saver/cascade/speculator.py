@@ -50,7 +50,7 @@ from glm_saver.reasoning import room_for_retry, spent_on_reasoning, with_room
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Ticket
 from glm_saver.routing.policy import Decision
-from glm_saver.routing.tiers import tier_names
+from glm_saver.routing.tiers import tier_name_of
 from glm_saver.settings import GlmSaverSettings, SpeculativeSettings
 
 logger = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ class Speculator:
         self._verifier = self.options.verify_group or settings.cloud_group
         self._answerer = self.options.answer_group or settings.cloud_group
         # ... and their tier names, which the details name (`cerebras` for the strongest, as with two tiers).
-        names = dict(zip(settings.tier_groups, tier_names(settings.tier_groups), strict=True))
+        names = tier_name_of(settings.tier_groups)
         self._verify_tier, self._answer_tier = names.get(self._verifier, self._verifier), names.get(self._answerer, self._answerer)
         # The route a rejected draft's answer is shown and booked under: `cloud` with two tiers (one
         # paid tier, nothing to tell apart), else it names the tier that answers.

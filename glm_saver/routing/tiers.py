@@ -112,6 +112,11 @@ def tier_names(groups: Sequence[str]) -> list[Route]:
     return [LOCAL_TIER if rank == 0 else STRONGEST_TIER if rank == len(groups) - 1 else group for rank, group in enumerate(groups)]
 
 
+def tier_name_of(groups: Sequence[str]) -> dict[str, Route]:
+    """Each tier's group -> the tier's name (as `tier_names`)."""
+    return dict(zip(groups, tier_names(groups), strict=True))
+
+
 def _thresholds(settings: GlmSaverSettings, classifier: Any) -> tuple[float, ...] | None:
     tiers: list[TierSettings] = settings.tiers or []
     if all(tier.target_share is None for tier in tiers):
