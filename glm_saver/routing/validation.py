@@ -2,28 +2,43 @@
 
 LiteLLM passes many malformed bodies on to the provider code, which fails on them with an
 `APIConnectionError` (a 500, or a fallback to the other model that fails the same way). Caught
-here, they are a 400 naming the field, and no upstream is called.
+here, they are a 400 naming the field, and no upstream is called. The request is described by
+pydantic models of the fields the plugin and the providers rely on; every other field is
+LiteLLM's business and passes unread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal", "video_url"})
-# (lowest, highest) for the numeric sampling parameters, as OpenAI documents them.
-RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
-    "presence_penalty": (-2.0, 2.0),
-    "frequency_penalty": (-2.0, 2.0),
-}
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+MessageRole = Literal["system", "developer", "user", "assistant", "tool", "function"]
+PartType = Literal["text", "image_url", "input_audio", "file", "refusal", "video_url"]
+MESSAGE_ROLES = frozenset(get_args(MessageRole))
 MAX_CHOICES = 128
 # Bigger than any model's context window: a max_tokens above it is a bug in the client. Large but
 # plausible values (131072) pass; the plugin clamps them for Cerebras (rate_limits.max_tokens_cap).
 MAX_OUTPUT_TOKENS = 1 << 20
+# Names of the content's two forms in an error's location; a space keeps them apart from field
+# names (a text part's field is also called "text"), so they can be left out of the location shown.
+_AS_TEXT, _AS_PARTS = "content text", "content parts"
 
 
 @dataclass(frozen=True)
@@ -34,80 +49,94 @@ class Invalid:
     param: str
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+class _Checked(BaseModel):
+    """The checked fields of one part of a request; the others are not read. The class names show
+    in errors ("messages[0]: Input should be a valid dictionary or instance of Message")."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+class ContentPart(_Checked):
+    type: PartType
+    text: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _text_parts_have_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs its text, a string")
+        return self
 
 
-def _content_problem(content: Any, where: str) -> Invalid | None:
-    if content is None or isinstance(content, str):
-        return None
-    if not isinstance(content, list):
-        return Invalid(f"{where}.content must be a string or a list of content parts", f"{where}.content")
-    for index, part in enumerate(content):
-        at = f"{where}.content[{index}]"
-        if not isinstance(part, Mapping):
-            return Invalid(f"{at} must be an object with a type", at)
-        kind = part.get("type")
-        if not isinstance(kind, str) or kind not in PART_TYPES:
-            return Invalid(f"{at}.type {str(kind)[:40]!r} is not one of: {', '.join(sorted(PART_TYPES))}", f"{at}.type")
-        if kind == "text" and not isinstance(part.get("text"), str):
-            return Invalid(f"{at}.text must be a string", f"{at}.text")
-    return None
+def _content_form(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return _AS_TEXT
+    return _AS_PARTS if isinstance(value, list) else None
 
 
-def _message_problem(message: Any, index: int) -> Invalid | None:
-    where = f"messages[{index}]"
-    if not isinstance(message, Mapping):
-        return Invalid(f"{where} must be an object with a role and content", where)
-    role = message.get("role")
-    if not isinstance(role, str) or role not in MESSAGE_ROLES:
-        return Invalid(f"{where}.role {str(role)[:40]!r} is not one of: {', '.join(sorted(MESSAGE_ROLES))}", f"{where}.role")
-    return _content_problem(message.get("content"), where)
+_Content = Annotated[
+    Annotated[StrictStr | None, Tag(_AS_TEXT)] | Annotated[list[ContentPart], Tag(_AS_PARTS)],
+    Discriminator(_content_form, custom_error_type="content_type", custom_error_message="must be a string or a list of content parts"),
+]
 
 
-def _messages_problem(messages: Any) -> Invalid | None:
-    if not isinstance(messages, list):
-        return Invalid("messages must be a list of messages", "messages")
+class Message(_Checked):
+    role: MessageRole
+    content: _Content = None
+
+
+def _not_empty(messages: list[Message]) -> list[Message]:
     if not messages:
-        return Invalid("messages must not be empty", "messages")
-    for index, message in enumerate(messages):
-        problem = _message_problem(message, index)
-        if problem:
-            return problem
-    return None
+        raise ValueError("must not be empty")
+    return messages
 
 
-def _numbers_problem(data: Mapping[str, Any]) -> Invalid | None:
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = data.get(name)
-        if value is not None and (not _is_int(value) or not 1 <= value <= MAX_OUTPUT_TOKENS):
-            return Invalid(f"{name} must be an integer from 1 to {MAX_OUTPUT_TOKENS}", name)
-    for name, (low, high) in RANGES.items():
-        value = data.get(name)
-        if value is not None and (not _is_number(value) or not low <= value <= high):
-            return Invalid(f"{name} must be a number from {low:g} to {high:g}", name)
-    n = data.get("n")
-    if n is not None and (not _is_int(n) or not 1 <= n <= MAX_CHOICES):
-        return Invalid(f"n must be an integer from 1 to {MAX_CHOICES}", "n")
-    return None
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
 
 
-def _types_problem(data: Mapping[str, Any]) -> Invalid | None:
-    if data.get("stream") is not None and not isinstance(data["stream"], bool):
-        return Invalid("stream must be true or false", "stream")
-    tools = data.get("tools")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(tool, Mapping) for tool in tools)):
-        return Invalid("tools must be a list of tool objects", "tools")
-    stop = data.get("stop")
-    if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
-        return Invalid("stop must be a string or a list of strings", "stop")
-    return None
+_Tokens = Annotated[StrictInt, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+_Penalty = Annotated[StrictFloat, Field(ge=-2.0, le=2.0)]
 
 
-def request_problem(data: Mapping[str, Any]) -> Invalid | None:
+class ChatRequest(_Checked):
+    # The ranges are OpenAI's documented ones.
+    messages: Annotated[list[Message], AfterValidator(_not_empty)]
+    max_tokens: _Tokens | None = None
+    max_completion_tokens: _Tokens | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] | None = None
+    presence_penalty: _Penalty | None = None
+    frequency_penalty: _Penalty | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] | None = None
+    stream: StrictBool | None = None
+    tools: list[dict[str, Any]] | None = None
+    stop: Annotated[list[StrictStr], BeforeValidator(_listed)] | None = None  # one string or several
+
+
+def _where(location: tuple[int | str, ...]) -> str:
+    """('messages', 0, 'content', 'content parts', 1) -> 'messages[0].content[1]'."""
+    where = ""
+    for step in location:
+        if isinstance(step, int):
+            where += f"[{step}]"
+        elif " " not in step:
+            where += f".{step}" if where else step
+    return where
+
+
+def _invalid(error: ErrorDetails) -> Invalid:
+    where = _where(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] != "missing" and isinstance(value, (str, int, float)):
+        message += f" (got {repr(value)[:40]})"  # a scalar only, cut: never echo a whole message back
+    return Invalid(f"{where}: {message}" if where else message, where or "messages")
+
+
+def request_problem(data: Any) -> Invalid | None:
     """The first thing wrong with a chat request, or None if its shape is fine."""
-    return _messages_problem(data.get("messages")) or _numbers_problem(data) or _types_problem(data)
+    try:
+        ChatRequest.model_validate(data)
+    except ValidationError as error:
+        return _invalid(error.errors(include_url=False)[0])
+    return None
