@@ -91,7 +91,7 @@ def test_429_is_answered_by_local_and_cerebras_rests_until_retry_after(
     snapshot = stats(proxy)
     assert snapshot["cerebras_429s"] >= 1 and snapshot["rate_limit_shifts"]["rate-limit-429"] >= 1
     metrics = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10, follow_redirects=True).text
-    assert metric_value(metrics, "glm_saver_cerebras_rate_limited_total") >= 1
+    assert metric_value(metrics, 'glm_saver_cerebras_rate_limited_total{group="cerebras"}') >= 1
     assert metric_value(metrics, 'glm_saver_rate_limit_shifts_total{reason="rate-limit-429"}') >= 1
 
     wait_until(lambda: stats(proxy)["cerebras_headroom"]["exhausted_for"] == 0)

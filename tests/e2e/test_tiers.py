@@ -270,6 +270,17 @@ def test_a_resting_cheap_tier_moves_asks_down_to_local_and_up_only_when_local_is
         assert len(oss.requests) == 1 and len(local_upstream.requests) == 2
 
 
+def test_a_429_is_counted_on_the_group_of_the_tier_that_answered_it(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
+    with FakeUpstream("cerebras") as strong, cheap_fake() as oss:
+        proxy = launch(local_upstream, oss, strong)
+        oss.inject("429", retry_after=300)
+        assert chat(proxy, MIDDLE)[1] == "local"
+        counted = 'glm_saver_cerebras_rate_limited_total{group="cerebras-oss"}'
+        assert poll(lambda: metric(proxy, counted), "the cheap tier's 429 counted", WAIT) == 1
+        assert metric(proxy, 'glm_saver_cerebras_rate_limited_total{group="cerebras"}') == 0
+        assert strong.requests == []
+
+
 def test_no_tier_with_a_window_too_small_takes_a_prompt_its_tier_cannot(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
     with FakeUpstream("cerebras") as strong, cheap_fake() as oss:
         proxy = launch(local_upstream, oss, strong)
