@@ -74,12 +74,13 @@ def client_error(message: str, param: str | None = None, code: str | None = None
     return ProxyException(message=message, type="invalid_request_error", param=param, code=400, openai_code=code)
 
 
-def _cloud_busy_error(refusal: Refusal, tier: str = "cerebras") -> ProxyException:
+def _cloud_busy_error(refusal: Refusal) -> ProxyException:
     """Too big for local and no paid tier may take it now: retry after the reset, or a 503 for the store."""
     if refusal.reason == "store-down":
         return ProxyException(message=f"{refusal.detail}, and the prompt does not fit the local model", type="service_unavailable", param=None, code=503)
     retry_after = max(1, int(refusal.retry_in or 60))
-    message = f"{tier} rate limit reached ({refusal.detail}) and the prompt does not fit the local model; retry in {retry_after}s"
+    # The headroom's detail names the tier that had no room.
+    message = f"rate limit reached ({refusal.detail}) and the prompt does not fit the local model; retry in {retry_after}s"
     return ProxyException(message=message, type="rate_limit_error", param=None, code=429, headers={"retry-after": str(retry_after)})
 
 
@@ -215,12 +216,11 @@ class Planner:
                 # Going up, a budget refusal ends the climb; going down, a cheaper tier may still fit.
                 return self._over_budget(plan, ticket) if tier.rank > wanted.rank else await self._within_budget(plan, view, tier, ticket)
             self._count_shift(granted, wanted.name, tier.name)
-            wanted_too = f"{wanted.name}: {granted.detail}" if len(self.tiers.ladder) > 2 else granted.detail
             return replace(
-                plan, route=tier.name, reason=granted.reason, detail=f"{wanted_too} (wanted {wanted.name}: {plan.reason})", label=None, ticket=ticket
+                plan, route=tier.name, reason=granted.reason, detail=f"{granted.detail} (wanted {wanted.name}: {plan.reason})", label=None, ticket=ticket
             )
         self.stats.record_rejection(granted.reason)
-        raise _cloud_busy_error(granted, wanted.name)
+        raise _cloud_busy_error(granted)
 
     async def _admit(self, plan: Plan, tier: Tier, view: RequestView) -> Ticket | Refusal:
         cheaper_left = bool(self._cheaper_paid(tier, view.prompt_tokens))
