@@ -30,7 +30,7 @@ from glm_saver.deployments import Prices
 from glm_saver.money import usd
 from glm_saver.request import RequestView
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
-from glm_saver.routing.policy import Decision, RequestTooLarge, decide
+from glm_saver.routing.policy import Decision, RequestTooLarge, decide, moved_off
 from glm_saver.routing.tiers import Route, Tier, Tiers
 from glm_saver.settings import GlmSaverSettings
 
@@ -179,7 +179,7 @@ class Planner:
                 f"({self.local.window}), and {wanted.route} is not configured (no API key)"
             )
         why = f"{wanted.route}-not-configured"
-        return Decision(instead.name, why, f"{wanted.route} has no API key (wanted {wanted.route}: {wanted.reason})", wanted.score)
+        return Decision(instead.name, why, moved_off(f"{wanted.route} has no API key", wanted.route, wanted.reason), wanted.score)
 
     async def _budget_decision(self, auth: Any, key: str, view: RequestView) -> Decision | None:
         """A spent budget decides on its own: `local` answers locally at no cost, `reject` refuses."""
@@ -216,9 +216,8 @@ class Planner:
                 # Going up, a budget refusal ends the climb; going down, a cheaper tier may still fit.
                 return self._over_budget(plan, ticket) if tier.rank > wanted.rank else await self._within_budget(plan, view, tier, ticket)
             self._count_shift(granted, wanted.name, tier.name)
-            return replace(
-                plan, route=tier.name, reason=granted.reason, detail=f"{granted.detail} (wanted {wanted.name}: {plan.reason})", label=None, ticket=ticket
-            )
+            detail = moved_off(granted.detail, wanted.name, plan.reason)
+            return replace(plan, route=tier.name, reason=granted.reason, detail=detail, label=None, ticket=ticket)
         self.stats.record_rejection(granted.reason)
         raise _cloud_busy_error(granted)
 
@@ -237,7 +236,7 @@ class Planner:
             ticket = await self._admit(plan, tier, view)
             if isinstance(ticket, Ticket):
                 logger.warning("glm_saver: %s would overrun a budget, routing to %s", refused.name, tier.name)
-                detail = f"{refusal.detail} (wanted {refused.name}: {plan.reason})"
+                detail = moved_off(refusal.detail, refused.name, plan.reason)
                 return replace(plan, route=tier.name, reason="budget", detail=detail, label=None, ticket=ticket)
             if ticket.budget is not None:
                 refusal = ticket
@@ -250,7 +249,7 @@ class Planner:
             self.stats.record_rejection("budget")
             raise _budget_error(refusal.detail, refusal.budget.budget.period)
         logger.warning("glm_saver: %s would overrun a budget, routing local", plan.route)
-        return replace(plan, route=self.local.name, reason=refusal.reason, detail=f"{refusal.detail} (wanted {plan.route}: {plan.reason})", label=None)
+        return replace(plan, route=self.local.name, reason=refusal.reason, detail=moved_off(refusal.detail, plan.route, plan.reason), label=None)
 
     def _count_shift(self, refusal: Refusal, wanted: Route, taken: Route) -> None:
         if refusal.reason.startswith("rate-limit-"):
