@@ -411,9 +411,10 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable as err:
             logger.error("glm_saver: cerebras' headroom not updated: %s", err)
             return
-        metrics.record_quota(self.headroom.key_of(record.group), quota)
+        group = self.headroom.key_of(record.group)
+        metrics.record_quota(group, quota)
         if record.rate_limited:
-            metrics.CEREBRAS_429.inc()
+            metrics.CEREBRAS_429.labels(group=group).inc()
             self.stats.record_rate_limited()
             wait = max(0.0, quota.exhausted_until - time.time())
             logger.warning("glm_saver: %s answered 429; no request goes to it for %.1fs", record.group, wait)

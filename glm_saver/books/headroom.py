@@ -122,9 +122,8 @@ def _refusal(quota: Quota, tokens: int, now: float, settings: RateLimitSettings,
         margin = math.ceil(settings.safety_margin * (quota.tokens_limit or quota.tokens_remaining))
         free = quota.tokens_remaining - quota.reserved_tokens - margin
         if tokens > free:
-            return Admission(
-                False, "rate-limit-tokens", f"request reserves {tokens} tokens, {max(free, 0)} left this minute", _until(quota.tokens_reset_at, now)
-            )
+            detail = f"{model} has {max(free, 0)} tokens left this minute, the request reserves {tokens}"
+            return Admission(False, "rate-limit-tokens", detail, _until(quota.tokens_reset_at, now))
     if not quota.probed and quota.reserved_requests > 0:
         return Admission(False, "rate-limit-probe", f"{model} limits unknown until the first answer returns", None)
     return None
@@ -132,7 +131,7 @@ def _refusal(quota: Quota, tokens: int, now: float, settings: RateLimitSettings,
 
 def admit(quota: Quota, tokens: int, now: float, settings: RateLimitSettings, model: str = STRONGEST_TIER) -> tuple[Quota, Admission]:
     """Reserve `tokens` if they fit; the returned quota includes the reservation. `model`: the
-    tier whose quota it is, as the refusal's detail names it."""
+    tier whose quota it is, which every refusal's detail names once (its callers add no name)."""
     quota = rolled(quota, now)
     refusal = _refusal(quota, tokens, now, settings, model)
     if refusal is not None:

@@ -9,8 +9,8 @@ from glm_saver.books.headroom import Quota
 
 REQUESTS = Counter("glm_saver_requests", "Chat requests routed by the plugin", ["route", "strategy", "reason"])
 RATE_LIMIT_SHIFTS = Counter("glm_saver_rate_limit_shifts", "Requests moved to another tier because the wanted one had no headroom", ["reason"])
-CEREBRAS_429 = Counter("glm_saver_cerebras_rate_limited", "429 answers received from Cerebras")
 # Cerebras limits each model on its own: one series per paid tier's group.
+CEREBRAS_429 = Counter("glm_saver_cerebras_rate_limited", "429 answers received from Cerebras, by the model group that answered", ["group"])
 TOKENS_REMAINING = Gauge("glm_saver_cerebras_tokens_remaining_minute", "Cerebras tokens left this minute (last reading)", ["group"])
 TOKENS_LIMIT = Gauge("glm_saver_cerebras_tokens_limit_minute", "Cerebras tokens allowed per minute", ["group"])
 REQUESTS_REMAINING = Gauge("glm_saver_cerebras_requests_remaining_day", "Cerebras requests left today (last reading)", ["group"])

@@ -143,16 +143,45 @@
     renderCharts(stats.history);
   }
 
+  const HEADROOM_FACTS = [
+    ["tokens-left", "Tokens left this minute"],
+    ["requests-left", "Requests left today"],
+    ["tokens-reset", "Minute resets in"],
+    ["requests-reset", "Day resets in"],
+    ["exhausted-for", "Resting after a 429 for"],
+  ];
+
+  // Cerebras limits each model on its own: with more than two tiers, each paid tier's headroom
+  // under its name (its figures' names end in -<tier>); with two, the strongest's, unnamed.
   function renderHeadroom(stats) {
-    const room = stats.cerebras_headroom || {};
-    const limited = (left, limit) => (left == null ? "unknown" : `${count(left)}${limit != null ? ` of ${count(limit)}` : ""}`);
-    show("tokens-left", room.tokens_remaining_minute, () => limited(room.tokens_remaining_minute, room.tokens_limit_minute));
-    show("requests-left", room.requests_remaining_day, () => limited(room.requests_remaining_day, room.requests_limit_day));
-    show("tokens-reset", room.tokens_reset_in, seconds);
-    show("requests-reset", room.requests_reset_in, seconds);
+    const rooms = stats.tiers ? stats.tiers.slice(1).map((tier) => [tier.name, tier.headroom]) : [[null, stats.cerebras_headroom]];
+    $("#headroom").replaceChildren(...rooms.map(([tier]) => headroomFacts(tier)));
+    for (const [tier, room] of rooms) showHeadroom(tier ? `-${tier}` : "", room || {});
     show("rate-limited", stats.cerebras_429s, count);
     show("shifts", sum(Object.values(stats.rate_limit_shifts || {})), count);
-    show("exhausted-for", room.exhausted_for, (v) => (v ? seconds(v) : "no"));
+  }
+
+  function headroomFacts(tier) {
+    const list = document.createElement("dl");
+    list.className = "facts";
+    list.append(...facts(HEADROOM_FACTS.map(([name, label]) => [tier ? `${name}-${tier}` : name, label])));
+    if (!tier) return list;
+    const section = document.createElement("section");
+    section.className = "tier-headroom";
+    section.dataset.tier = tier;
+    const title = document.createElement("h3");
+    title.textContent = tier;
+    section.append(title, list);
+    return section;
+  }
+
+  function showHeadroom(suffix, room) {
+    const limited = (left, limit) => (left == null ? "unknown" : `${count(left)}${limit != null ? ` of ${count(limit)}` : ""}`);
+    show(`tokens-left${suffix}`, room.tokens_remaining_minute, () => limited(room.tokens_remaining_minute, room.tokens_limit_minute));
+    show(`requests-left${suffix}`, room.requests_remaining_day, () => limited(room.requests_remaining_day, room.requests_limit_day));
+    show(`tokens-reset${suffix}`, room.tokens_reset_in, seconds);
+    show(`requests-reset${suffix}`, room.requests_reset_in, seconds);
+    show(`exhausted-for${suffix}`, room.exhausted_for, (v) => (v ? seconds(v) : "no"));
   }
 
   // Who answered: local, Cerebras or a draft; with more than two tiers each tier by its name.
@@ -171,18 +200,21 @@
         return part;
       })
     );
-    $("#split-facts").replaceChildren(
-      ...paths.map((path) => {
-        const fact = document.createElement("div");
-        const name = document.createElement("dt");
-        const value = document.createElement("dd");
-        name.textContent = label(path);
-        value.dataset.stat = `split-${path}`;
-        fact.append(name, value);
-        return fact;
-      })
-    );
+    $("#split-facts").replaceChildren(...facts(paths.map((path) => [`split-${path}`, label(path)])));
     for (const path of paths) show(`split-${path}`, totals[path], (v) => `${count(v)}${all ? ` (${share(v / all)})` : ""}`);
+  }
+
+  // One fact (a label over a figure) per [figure's name, label], the figure filled by show().
+  function facts(entries) {
+    return entries.map(([name, label]) => {
+      const fact = document.createElement("div");
+      const term = document.createElement("dt");
+      const value = document.createElement("dd");
+      term.textContent = label;
+      value.dataset.stat = name;
+      fact.append(term, value);
+      return fact;
+    });
   }
 
   function budgetRow(name, budget) {

@@ -30,7 +30,7 @@ from glm_saver.deployments import Prices
 from glm_saver.money import usd
 from glm_saver.request import RequestView
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
-from glm_saver.routing.policy import Decision, RequestTooLarge, decide
+from glm_saver.routing.policy import Decision, RequestTooLarge, decide, moved_off
 from glm_saver.routing.tiers import Route, Tier, Tiers
 from glm_saver.settings import GlmSaverSettings
 
@@ -74,12 +74,13 @@ def client_error(message: str, param: str | None = None, code: str | None = None
     return ProxyException(message=message, type="invalid_request_error", param=param, code=400, openai_code=code)
 
 
-def _cloud_busy_error(refusal: Refusal, tier: str = "cerebras") -> ProxyException:
+def _cloud_busy_error(refusal: Refusal) -> ProxyException:
     """Too big for local and no paid tier may take it now: retry after the reset, or a 503 for the store."""
     if refusal.reason == "store-down":
         return ProxyException(message=f"{refusal.detail}, and the prompt does not fit the local model", type="service_unavailable", param=None, code=503)
     retry_after = max(1, int(refusal.retry_in or 60))
-    message = f"{tier} rate limit reached ({refusal.detail}) and the prompt does not fit the local model; retry in {retry_after}s"
+    # The headroom's detail names the tier that had no room.
+    message = f"rate limit reached ({refusal.detail}) and the prompt does not fit the local model; retry in {retry_after}s"
     return ProxyException(message=message, type="rate_limit_error", param=None, code=429, headers={"retry-after": str(retry_after)})
 
 
@@ -178,7 +179,7 @@ class Planner:
                 f"({self.local.window}), and {wanted.route} is not configured (no API key)"
             )
         why = f"{wanted.route}-not-configured"
-        return Decision(instead.name, why, f"{wanted.route} has no API key (wanted {wanted.route}: {wanted.reason})", wanted.score)
+        return Decision(instead.name, why, moved_off(f"{wanted.route} has no API key", wanted.route, wanted.reason), wanted.score)
 
     async def _budget_decision(self, auth: Any, key: str, view: RequestView) -> Decision | None:
         """A spent budget decides on its own: `local` answers locally at no cost, `reject` refuses."""
@@ -215,12 +216,10 @@ class Planner:
                 # Going up, a budget refusal ends the climb; going down, a cheaper tier may still fit.
                 return self._over_budget(plan, ticket) if tier.rank > wanted.rank else await self._within_budget(plan, view, tier, ticket)
             self._count_shift(granted, wanted.name, tier.name)
-            wanted_too = f"{wanted.name}: {granted.detail}" if len(self.tiers.ladder) > 2 else granted.detail
-            return replace(
-                plan, route=tier.name, reason=granted.reason, detail=f"{wanted_too} (wanted {wanted.name}: {plan.reason})", label=None, ticket=ticket
-            )
+            detail = moved_off(granted.detail, wanted.name, plan.reason)
+            return replace(plan, route=tier.name, reason=granted.reason, detail=detail, label=None, ticket=ticket)
         self.stats.record_rejection(granted.reason)
-        raise _cloud_busy_error(granted, wanted.name)
+        raise _cloud_busy_error(granted)
 
     async def _admit(self, plan: Plan, tier: Tier, view: RequestView) -> Ticket | Refusal:
         cheaper_left = bool(self._cheaper_paid(tier, view.prompt_tokens))
@@ -237,7 +236,7 @@ class Planner:
             ticket = await self._admit(plan, tier, view)
             if isinstance(ticket, Ticket):
                 logger.warning("glm_saver: %s would overrun a budget, routing to %s", refused.name, tier.name)
-                detail = f"{refusal.detail} (wanted {refused.name}: {plan.reason})"
+                detail = moved_off(refusal.detail, refused.name, plan.reason)
                 return replace(plan, route=tier.name, reason="budget", detail=detail, label=None, ticket=ticket)
             if ticket.budget is not None:
                 refusal = ticket
@@ -250,7 +249,7 @@ class Planner:
             self.stats.record_rejection("budget")
             raise _budget_error(refusal.detail, refusal.budget.budget.period)
         logger.warning("glm_saver: %s would overrun a budget, routing local", plan.route)
-        return replace(plan, route=self.local.name, reason=refusal.reason, detail=f"{refusal.detail} (wanted {plan.route}: {plan.reason})", label=None)
+        return replace(plan, route=self.local.name, reason=refusal.reason, detail=moved_off(refusal.detail, plan.route, plan.reason), label=None)
 
     def _count_shift(self, refusal: Refusal, wanted: Route, taken: Route) -> None:
         if refusal.reason.startswith("rate-limit-"):

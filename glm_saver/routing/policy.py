@@ -28,6 +28,12 @@ class Decision:
     label: str | None = None
 
 
+def moved_off(detail: str, wanted: Route, why: str) -> str:
+    """The detail of a request sent elsewhere than the tier it wanted: what moved it, then the tier
+    it wanted and why it wanted it (that decision's reason)."""
+    return f"{detail} (wanted {wanted}: {why})"
+
+
 SPECULATIVE_STRATEGIES = frozenset({"speculative_decoding", "parallel_speculative", "smart_speculative"})
 
 
@@ -107,6 +113,6 @@ def decide(
     return Decision(
         instead.name,
         "context-window",
-        f"{prompt_tokens} prompt tokens exceed the {wanted.route} window of {tiers[wanted.route].window} (wanted {wanted.route}: {wanted.reason})",
+        moved_off(f"{prompt_tokens} prompt tokens exceed the {wanted.route} window of {tiers[wanted.route].window}", wanted.route, wanted.reason),
         wanted.score,
     )

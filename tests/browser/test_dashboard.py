@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from glm_saver.callers import hash_key
+from tests.e2e.polling import poll
 from tests.e2e.proxy import MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 
@@ -261,23 +262,52 @@ def test_two_tiers_show_no_tier_table(browser: Browser, proxy: Proxy) -> None:
     assert "tiers" not in stats(proxy).json()
 
 
-def test_three_tiers_show_a_row_per_tier_as_stats_counts_them(browser: Browser, start_proxy: Callable[..., Proxy], cerebras: FakeUpstream) -> None:
+@pytest.fixture(scope="module")
+def ladder(start_proxy: Callable[..., Proxy], cerebras: FakeUpstream) -> Proxy:
+    """Three tiers that have answered one simple ask, two middle ones and a complex one, each its tier."""
     proxy = start_proxy(cerebras=cerebras, tiers=True, glm_saver={"tiers": BANDS})
     assert [ask(proxy, text) for text in (SIMPLE, MIDDLE, MIDDLE, COMPLEX)] == ["local", "cerebras-oss", "cerebras-oss", "cerebras"]
     stats_holding(proxy, 4)
-    page = live(open_dashboard(browser, proxy))
+    return proxy
+
+
+def test_three_tiers_show_a_row_per_tier_as_stats_counts_them(browser: Browser, ladder: Proxy) -> None:
+    page = live(open_dashboard(browser, ladder))
     expect(page.locator("#tiers-card")).to_be_visible(timeout=WAIT_MS)
     deadline = time.monotonic() + WAIT_SECONDS
-    while (shown := page_tiers(page)) != (expected := [(t["name"], t["requests"], t["cost_usd"]) for t in stats(proxy).json()["tiers"]]):
+    while (shown := page_tiers(page)) != (expected := [(t["name"], t["requests"], t["cost_usd"]) for t in stats(ladder).json()["tiers"]]):
         assert time.monotonic() < deadline, f"the page shows {shown}, /stats says {expected}"
         time.sleep(0.1)
     assert [(name, requests) for name, requests, _ in shown] == [("local", 1), ("cerebras-oss", 2), ("cerebras", 1)]
     assert shown[1][2] > 0 and shown[0][2] == 0
     # Who answered: each tier on its own, as the history counts them.
-    paths = {path: sum(bucket["by_path"].get(path, 0) for bucket in stats(proxy).json()["history"]["series"]) for path in ("local", "cerebras-oss", "cerebras")}
+    paths = {
+        path: sum(bucket["by_path"].get(path, 0) for bucket in stats(ladder).json()["history"]["series"]) for path in ("local", "cerebras-oss", "cerebras")
+    }
     assert paths == {"local": 1, "cerebras-oss": 2, "cerebras": 1}
     split = {name: value for name, value in page_figures(page).items() if name.startswith("split-")}
     assert split == {"split-local": 1, "split-cerebras-oss": 2, "split-cerebras": 1, "split-draft": 0}
     labels = page.evaluate("[...document.querySelectorAll('#split-facts dt')].map(dt => dt.textContent)")
     assert labels == ["Local model", "cerebras-oss", "cerebras", "Local draft (cascade)"]
     assert page.locator("#split span").count() == 4
+
+
+# The headroom card's figures per paid tier (named `<figure>-<tier>`) and the /stats field each shows.
+TIER_HEADROOM = {"tokens-left": "tokens_remaining_minute", "requests-left": "requests_remaining_day"}
+
+
+def test_three_tiers_show_each_paid_tiers_headroom_as_stats_has_it(browser: Browser, ladder: Proxy) -> None:
+    page = live(open_dashboard(browser, ladder))
+
+    def agrees() -> dict[str, float | None] | None:
+        paid = stats(ladder).json()["tiers"][1:]
+        expected = {f"{figure}-{tier['name']}": tier["headroom"][field] for tier in paid for figure, field in TIER_HEADROOM.items()}
+        shown = page_figures(page)
+        return expected if all(shown.get(name) == value for name, value in expected.items()) else None
+
+    figures = poll(agrees, "each paid tier's headroom on the page as /stats has it", WAIT_SECONDS)
+    assert set(figures) == {f"{figure}-{tier}" for figure in TIER_HEADROOM for tier in ("cerebras-oss", "cerebras")}
+    assert all(value is not None for value in figures.values())  # each tier's own answers told its limits
+    assert figures["requests-left-cerebras-oss"] < 14_400 and figures["requests-left-cerebras"] < 14_400
+    assert page.locator(".tier-headroom h3").all_text_contents() == ["cerebras-oss", "cerebras"]
+    assert "tokens-left" not in page_figures(page)  # not the strongest tier's alone, unnamed

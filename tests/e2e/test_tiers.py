@@ -240,7 +240,7 @@ def test_a_strong_tier_out_of_tokens_moves_its_asks_down_to_the_cheap_tier(launc
             routes.append(chat(proxy, COMPLEX, max_tokens=16384)[1:3])
             settled(proxy)
         assert [route for route, _ in routes] == ["cerebras", "cerebras", "cerebras-oss"]
-        assert routes[2][1].startswith("rate-limit-tokens: cerebras: request reserves")
+        assert routes[2][1].startswith("rate-limit-tokens: cerebras has ")  # the tier that had no room, named once
         assert strong.rate_limited == 0 and len(strong.requests) == 2  # the move came before any 429
         assert oss.requests[0].body["max_tokens"] == 16384
         headroom = {name: tier["headroom"] for name, tier in tier_stats(proxy).items()}
@@ -265,9 +265,20 @@ def test_a_resting_cheap_tier_moves_asks_down_to_local_and_up_only_when_local_is
         assert (status, route) == (200, "local") and reason.startswith("rate-limit-429")  # down: the prompt fits local
         status, route, reason, text = chat(proxy, BIG, tier="cerebras-oss", max_tokens=100_000)
         assert (status, route, text) == (200, "cerebras", "Hello from cerebras.")  # up: only the strong tier has room
-        assert reason.startswith("rate-limit-429: cerebras-oss: cerebras-oss answered 429")
+        assert reason.startswith("rate-limit-429: cerebras-oss answered 429; exhausted for ")  # the tier named once
         assert strong.requests[0].body["max_tokens"] == 16384
         assert len(oss.requests) == 1 and len(local_upstream.requests) == 2
+
+
+def test_a_429_is_counted_on_the_group_of_the_tier_that_answered_it(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
+    with FakeUpstream("cerebras") as strong, cheap_fake() as oss:
+        proxy = launch(local_upstream, oss, strong)
+        oss.inject("429", retry_after=300)
+        assert chat(proxy, MIDDLE)[1] == "local"
+        counted = 'glm_saver_cerebras_rate_limited_total{group="cerebras-oss"}'
+        assert poll(lambda: metric(proxy, counted), "the cheap tier's 429 counted", WAIT) == 1
+        assert metric(proxy, 'glm_saver_cerebras_rate_limited_total{group="cerebras"}') == 0
+        assert strong.requests == []
 
 
 def test_no_tier_with_a_window_too_small_takes_a_prompt_its_tier_cannot(launch: Callable[..., Proxy], local_upstream: FakeUpstream) -> None:
@@ -281,7 +292,8 @@ def test_no_tier_with_a_window_too_small_takes_a_prompt_its_tier_cannot(launch: 
         with pytest.raises(openai.RateLimitError) as raised:
             chat(proxy, HUGE)
         assert raised.value.response.headers["retry-after"]
-        assert "does not fit the local model" in str(raised.value)
+        message = raised.value.body["message"]
+        assert message.startswith("rate limit reached (cerebras answered 429; exhausted for ") and "does not fit the local model" in message
         assert oss.requests == [] and local_upstream.requests == [] and len(strong.requests) == 1
 
 

@@ -190,3 +190,18 @@ def test_a_refusal_names_the_tier_whose_quota_refused() -> None:
         "cerebras answered 429; exhausted for 60.0s more",  # the strongest tier is `cerebras`, whatever its group
         "cerebras answered 429; exhausted for 60.0s more",
     ]
+
+
+@pytest.mark.parametrize(
+    ("quota", "reason"),
+    [
+        (known(5_000), "rate-limit-tokens"),
+        (known(50_000, day_left=0), "rate-limit-day"),
+        (observe(Quota(), reading(50_000, retry_after=60), NOW, SETTINGS, rate_limited=True), "rate-limit-429"),
+        (Quota(reserved_requests=1), "rate-limit-probe"),
+    ],
+    ids=["tokens", "day", "429", "probe"],
+)
+def test_every_refusal_names_its_tier_once(quota: Quota, reason: str) -> None:
+    _, refused = admit(quota, 10_000, NOW, SETTINGS, "cerebras-oss")
+    assert refused.reason == reason and refused.detail.count("cerebras-oss") == 1, refused.detail
