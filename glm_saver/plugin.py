@@ -203,7 +203,7 @@ class GlmSaver(CustomLogger):
         if plan.ticket is not None:
             metadata[TICKET_KEY] = plan.ticket.model_dump()
         self.stats.record_decision(plan.shown, self.settings.strategy, plan.reason)
-        metrics.REQUESTS.labels(route=plan.shown, strategy=self.settings.strategy, reason=plan.reason).inc()
+        metrics.series(metrics.REQUESTS, plan.shown, self.settings.strategy, plan.reason).inc()
         # The reason code only: the detail may quote keywords of the user's ask.
         logger.info("glm_saver: %s -> %s (%s, score %s)", plan.requested, plan.shown, plan.reason, plan.score)
 

@@ -228,9 +228,9 @@ class Ledger:
         answer.booked = True
         metrics.SAVINGS.set(totals.cloud_cost_usd - totals.cost_usd)
         if charge.counts_tokens:
-            metrics.TOKENS.labels(model=charge.group, kind="prompt").inc(charge.prompt_tokens)
-            metrics.TOKENS.labels(model=charge.group, kind="completion").inc(charge.completion_tokens)
-        metrics.COST.labels(model=charge.group).inc(charge.cost)
+            metrics.series(metrics.TOKENS, charge.group, "prompt").inc(charge.prompt_tokens)
+            metrics.series(metrics.TOKENS, charge.group, "completion").inc(charge.completion_tokens)
+        metrics.series(metrics.COST, charge.group).inc(charge.cost)
 
     async def _settle(self, answer: Unbooked) -> None:
         charge, ticket = answer.charge, answer.ticket
