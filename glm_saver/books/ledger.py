@@ -219,6 +219,8 @@ class Ledger:
     async def _book(self, answer: Unbooked) -> None:
         """The books and the budgets at once (one round trip on Redis); a part already done is not
         done again when the other is retried."""
+        if answer.ticket is None and not self.budgets.budgets_of(answer.charge.key):
+            answer.settled = True  # no hold to settle, no budget to charge: no step (on Redis, no task) for it
         parts = [part for part, done in ((self._add_to_books, answer.booked), (self._settle, answer.settled)) if not done]
         raise_first(await side_by_side([part(answer) for part in parts], at_once=self._settings.state == "redis"))
 
