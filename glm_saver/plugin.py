@@ -203,7 +203,7 @@ class GlmSaver(CustomLogger):
         if plan.ticket is not None:
             metadata[TICKET_KEY] = plan.ticket.model_dump()
         self.stats.record_decision(plan.shown, self.settings.strategy, plan.reason)
-        metrics.REQUESTS.labels(route=plan.shown, strategy=self.settings.strategy, reason=plan.reason).inc()
+        metrics.series(metrics.REQUESTS, plan.shown, self.settings.strategy, plan.reason).inc()
         # The reason code only: the detail may quote keywords of the user's ask.
         logger.info("glm_saver: %s -> %s (%s, score %s)", plan.requested, plan.shown, plan.reason, plan.score)
 
@@ -363,7 +363,8 @@ class GlmSaver(CustomLogger):
         kept = self.ledger.keeps(record.group)
         # Side by side on Redis: the headroom, the books, the budgets and the history of one answer
         # go in one round trip.
-        steps = [self._observe_cloud(record), *([self.ledger.record(record)] if kept else [])]
+        # Only the steps with something to do: on Redis each step is a task of its own.
+        steps = [*([self._observe_cloud(record)] if self._observes(record) else []), *([self.ledger.record(record)] if kept else [])]
         steps.append(self.history.observe(record, self.ledger.charge_of(record) if kept else None))
         raise_first(await side_by_side(steps, at_once=self._batched))
         if record.tag is None:
@@ -401,9 +402,13 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable as err:
             logger.error("glm_saver: a failed call's budget hold was not released: %s (it expires on its own)", err)
 
+    def _observes(self, record: CallRecord) -> bool:
+        """Whether the headroom has anything to learn from this call (a call to a paid group)."""
+        return self.headroom is not None and record.group in self._cloud_groups
+
     async def _observe_cloud(self, record: CallRecord) -> None:
         """Fold Cerebras' rate-limit headers into the headroom and release the call's reservation."""
-        if self.headroom is None or record.group not in self._cloud_groups:
+        if self.headroom is None or not self._observes(record):
             return
         reservation = record.ticket.reservation if record.ticket else None
         try:

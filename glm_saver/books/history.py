@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -107,15 +107,18 @@ FLOATS = frozenset({"cost_usd", "cloud_cost_usd"})
 
 
 def add_counts(bucket: Bucket, counts: Counts) -> None:
+    # On the fields' values directly, as Tally.add: pydantic's __setattr__ (no validation is
+    # configured for it to run) was most of what an answer's history update cost.
+    fields = vars(bucket)
     for name, amount in counts.items():
         table, _, row = name.partition(SEP)
         if row:
-            rows: dict[str, int] = getattr(bucket, table)
+            rows: dict[str, int] = fields[table]
             rows[row] = rows.get(row, 0) + int(amount)
         elif name in FLOATS:
-            setattr(bucket, name, getattr(bucket, name) + amount)
+            fields[name] += amount
         else:
-            setattr(bucket, name, getattr(bucket, name) + int(amount))
+            fields[name] += int(amount)
 
 
 def changed_slot(slot: Slot, minute: int, counts: Counts) -> Slot:
@@ -200,8 +203,10 @@ class RedisMinutes:
         return list(buckets.values())
 
 
-class Decision(BaseModel):
-    """A row of the recent-decisions table: no prompt text, no key."""
+class Decision(NamedTuple):
+    """A row of the recent-decisions table: no prompt text, no key. A tuple, not a model: one is
+    made per answer and kept a while, and a tuple takes no validation and is one object for the
+    garbage collector to scan, not three."""
 
     time: float
     key: str  # alias or short hash label
@@ -251,14 +256,14 @@ class History:
 
     def _remember(self, charge: Charge, reason: str, group: str) -> None:
         decision = Decision(
-            time=round(self._clock(), 3),
+            time=round(float(self._clock()), 3),
             key=charge.key,
             route=charge.route,
             reason=reason,
             answered_by=group,
             prompt_tokens=charge.prompt_tokens,
             completion_tokens=charge.completion_tokens,
-            cost_usd=charge.cost,
+            cost_usd=float(charge.cost),
         )
         with self._lock:
             self._recent.append(decision)
@@ -266,7 +271,7 @@ class History:
     def recent(self) -> list[dict[str, Any]]:
         """The recent decisions, newest first."""
         with self._lock:
-            return [decision.model_dump() for decision in reversed(self._recent)]
+            return [decision._asdict() for decision in reversed(self._recent)]
 
     async def series(self) -> list[dict[str, Any]]:
         """The minutes of the window that saw traffic, oldest first (raises StoreUnavailable)."""

@@ -67,8 +67,9 @@ return {1}
 
 async def side_by_side(steps: Sequence[Awaitable[T]], at_once: bool) -> list[T | BaseException]:
     """Every step's result or exception: started together when `at_once` (a gather, one Redis round
-    trip), else awaited one after the other; a failed step never stops the others."""
-    if at_once:
+    trip), else awaited one after the other; a failed step never stops the others. A single step is
+    awaited as it is: a gather would only add a task to it."""
+    if at_once and len(steps) > 1:
         return await asyncio.gather(*steps, return_exceptions=True)
     results: list[T | BaseException] = []
     for step in steps:

@@ -140,7 +140,7 @@ class Planner:
             return self._store_down(start, str(err))
         if named is not None and decision.reason == "override":
             decision = replace(decision, reason="direct", detail=f"the client asked for model {requested}")
-        plan = replace(start, route=decision.route, reason=decision.reason, detail=decision.detail, score=decision.score)
+        plan = Plan(decision.route, decision.reason, decision.detail, requested, key, view.prompt_tokens, score=decision.score)
         if decision.speculate:
             outcome = await self.speculator.answer(data, view, decision, key)
             plan = replace(

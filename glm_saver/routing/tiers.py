@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from glm_saver.classifier import Classification
@@ -65,11 +66,21 @@ class Tiers:
     def names(self) -> tuple[Route, ...]:
         return tuple(tier.name for tier in self.ladder)
 
+    # Looked up several times per request: by dict, not by a scan of the ladder (the first tier
+    # of a name or group wins, as the scan had it).
+    @cached_property
+    def _by_name(self) -> dict[str, Tier]:
+        return {tier.name: tier for tier in reversed(self.ladder)}
+
+    @cached_property
+    def _by_group(self) -> dict[str, Tier]:
+        return {tier.group: tier for tier in reversed(self.ladder)}
+
     def named(self, name: str) -> Tier | None:
-        return next((tier for tier in self.ladder if tier.name == name), None)
+        return self._by_name.get(name)
 
     def of_group(self, group: str | None) -> Tier | None:
-        return next((tier for tier in self.ladder if tier.group == group), None)
+        return self._by_group.get(group) if isinstance(group, str) else None
 
     def __getitem__(self, name: Route) -> Tier:
         tier = self.named(name)
