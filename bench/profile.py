@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--proxy", choices=("plugin", "noop", "plain"), default="plugin")
     args = parser.parse_args()
 
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:  # before anything starts: nothing is left running
+        raise SystemExit("bench/profile.py needs py-spy: pip install py-spy")
     fake, fake_url = start_fake("local")
     work = Path(tempfile.mkdtemp(prefix="glm-saver-profile-"))
     glm = {"strategy": "smart_routing", "state": args.state}
@@ -85,7 +88,6 @@ def main() -> None:
         if args.proxy == "plain":
             config["litellm_settings"]["callbacks"] = ["prometheus"]
     raw = Path(args.out) if args.out else work / "profile.txt"
-    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     command = [spy, "record", "--format", "raw", "--rate", "100", "--nonblocking", "-o", str(raw), "--", *proxy.command(config)]
     with proxy.log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=work, env=proxy.environment(), stdout=log, stderr=subprocess.STDOUT)
