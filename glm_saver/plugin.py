@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +364,7 @@ class GlmSaver(CustomLogger):
         # Side by side on Redis: the headroom, the books, the budgets and the history of one answer
         # go in one round trip.
         # Only the steps with something to do: on Redis each step is a task of its own.
-        steps = [*([self._observe_cloud(record)] if self._observes(record) else []), *([self.ledger.record(record)] if kept else [])]
+        steps = [*self._headroom_step(record), *([self.ledger.record(record)] if kept else [])]
         steps.append(self.history.observe(record, self.ledger.charge_of(record) if kept else None))
         raise_first(await side_by_side(steps, at_once=self._batched))
         if record.tag is None:
@@ -387,7 +387,7 @@ class GlmSaver(CustomLogger):
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_failure(kwargs)
-        raise_first(await side_by_side([self._observe_cloud(record), self.history.observe(record, None), self._release_holds(record)], at_once=self._batched))
+        raise_first(await side_by_side([*self._headroom_step(record), self.history.observe(record, None), self._release_holds(record)], at_once=self._batched))
         if record.tag is None:
             return
         what = "resting" if record.status == 429 and record.headers is None else str(record.status or record.error)
@@ -402,13 +402,14 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable as err:
             logger.error("glm_saver: a failed call's budget hold was not released: %s (it expires on its own)", err)
 
-    def _observes(self, record: CallRecord) -> bool:
-        """Whether the headroom has anything to learn from this call (a call to a paid group)."""
-        return self.headroom is not None and record.group in self._cloud_groups
+    def _headroom_step(self, record: CallRecord) -> list[Awaitable[None]]:
+        """The headroom's update for a call to a paid group; none for any other call (the headroom
+        has nothing to learn from it)."""
+        return [self._observe_cloud(record)] if self.headroom is not None and record.group in self._cloud_groups else []
 
     async def _observe_cloud(self, record: CallRecord) -> None:
         """Fold Cerebras' rate-limit headers into the headroom and release the call's reservation."""
-        if self.headroom is None or not self._observes(record):
+        if self.headroom is None:
             return
         reservation = record.ticket.reservation if record.ticket else None
         try:
