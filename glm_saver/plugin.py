@@ -98,7 +98,6 @@ class GlmSaver(CustomLogger):
         self.classifier: Classifier = build_classifier(settings.classifier)
         self.tiers: Tiers = build_tiers(settings, config, self.classifier)
         self.cloud_configured = self.tiers.strongest.configured
-        self._batched = settings.state == "redis"  # updates started together share a round trip
         self.stats = RoutingStats()
         paid = [tier.group for tier in self.tiers.ladder if tier.paid]
         # The entry models are Cerebras deployments too when the plugin is bypassed (shipped config).
@@ -366,7 +365,7 @@ class GlmSaver(CustomLogger):
         # Only the steps with something to do: on Redis each step is a task of its own.
         steps = [*self._headroom_step(record), *([self.ledger.record(record)] if kept else [])]
         steps.append(self.history.observe(record, self.ledger.charge_of(record) if kept else None))
-        raise_first(await side_by_side(steps, at_once=self._batched))
+        raise_first(await side_by_side(steps, at_once=self.settings.batches_round_trips))
         if record.tag is None:
             return
         answered = self._route_of_group(record.group) or str(record.group)
@@ -387,7 +386,8 @@ class GlmSaver(CustomLogger):
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_failure(kwargs)
-        raise_first(await side_by_side([*self._headroom_step(record), self.history.observe(record, None), self._release_holds(record)], at_once=self._batched))
+        steps = [*self._headroom_step(record), self.history.observe(record, None), self._release_holds(record)]
+        raise_first(await side_by_side(steps, at_once=self.settings.batches_round_trips))
         if record.tag is None:
             return
         what = "resting" if record.status == 429 and record.headers is None else str(record.status or record.error)

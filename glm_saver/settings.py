@@ -295,6 +295,11 @@ class GlmSaverSettings(_Strict):
     tiers: list[TierSettings] | None = Field(default=None, min_length=2)
     tier_calibration_file: str | None = Field(default=None, description="JSONL of past requests the tiers' target_share is calibrated on")
 
+    @property
+    def batches_round_trips(self) -> bool:
+        """Whether updates started together share one round trip: only a Redis store has round trips."""
+        return self.state == "redis"
+
     @field_validator("tiers")
     @classmethod
     def _ladder(cls, tiers: list[TierSettings] | None) -> list[TierSettings] | None:

@@ -222,7 +222,7 @@ class Ledger:
         if answer.ticket is None and not self.budgets.budgets_of(answer.charge.key):
             answer.settled = True  # no hold to settle, no budget to charge: no step (on Redis, no task) for it
         parts = [part for part, done in ((self._add_to_books, answer.booked), (self._settle, answer.settled)) if not done]
-        raise_first(await side_by_side([part(answer) for part in parts], at_once=self._settings.state == "redis"))
+        raise_first(await side_by_side([part(answer) for part in parts], at_once=self._settings.batches_round_trips))
 
     async def _add_to_books(self, answer: Unbooked) -> None:
         charge = answer.charge
