@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SECTION = "glm_saver"
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url takes
 
 Strategy = Literal["smart_routing", "always_local", "always_cerebras", "speculative_decoding", "parallel_speculative", "smart_speculative"]
 
@@ -348,6 +349,14 @@ class GlmSaverSettings(_Strict):
     def _lower_header(cls, value: str) -> str:
         return value.lower()
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Else redis-py refuses it at the first request, which then gets a 500 (while /health says ok).
+        if value is not None and not value.startswith("os.environ/") and not is_redis_url(value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, or os.environ/VAR")
+        return value
+
     @field_validator("alert_webhook")
     @classmethod
     def _webhook_url(cls, value: str | None) -> str | None:
@@ -357,6 +366,10 @@ class GlmSaverSettings(_Strict):
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value
+
+
+def is_redis_url(value: str) -> bool:
+    return urlsplit(value).scheme in REDIS_URL_SCHEMES
 
 
 class ConfigError(ValueError):
