@@ -349,6 +349,17 @@ class GlmSaverSettings(_Strict):
     def _lower_header(cls, value: str) -> str:
         return value.lower()
 
+    @field_validator("keys")
+    @classmethod
+    def _one_entry_per_key(cls, keys: list[ApiKeySettings]) -> list[ApiKeySettings]:
+        # Else the key is the last entry's alone: the other entry's budget and models silently never apply.
+        first: dict[str, str] = {}
+        for entry in keys:
+            if entry.key_sha256 in first:
+                raise ValueError(f"{entry.alias} has the same key_sha256 as {first[entry.key_sha256]}: one key, one entry")
+            first[entry.key_sha256] = entry.alias
+        return keys
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
