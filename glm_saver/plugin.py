@@ -32,7 +32,7 @@ from glm_saver.callers import caller_label
 from glm_saver.cascade.live import LiveAnswers, stream_live
 from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata, placeholder_mock
 from glm_saver.classifier import Classifier, build_classifier
-from glm_saver.events import CALL_KEY, PLAN_KEY, CallRecord, read_failure, read_success
+from glm_saver.events import CALL_KEY, PLAN_KEY, SERVED_KEY, CallRecord, read_failure, read_success
 from glm_saver.failures import no_model_answered, redacted
 from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
 from glm_saver.request import RequestView, prompt_tokens
@@ -48,11 +48,23 @@ CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 TEXT_CALL_TYPES = frozenset({"text_completion", "atext_completion"})
 # The calls whose money the plugin governs (chat and text completions, every model name it routes).
 GOVERNED_CALL_TYPES = CHAT_CALL_TYPES | TEXT_CALL_TYPES
+LIVE_KEY = "glm_saver_live"
+# What the plugin writes into a request's metadata for its later hooks and the books. A client's own
+# copy is dropped first: a ticket in it would pass the gate on a fallback hop (no clamp, no budget
+# hold), a served count or a call role would book a Cerebras answer as free or to another key.
+OWN_METADATA = (PLAN_KEY, TICKET_KEY, CALL_KEY, SERVED_KEY, LIVE_KEY)
 
 
 def _ascii_header(value: str) -> str:
     """HTTP header values must be latin-1; keep them plain ASCII and short."""
     return value.encode("ascii", "replace").decode("ascii").replace("\n", " ")[:300]
+
+
+def _drop_client_copies(data: dict[str, Any]) -> None:
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict):
+        for name in OWN_METADATA:
+            metadata.pop(name, None)
 
 
 def _view_of(data: Mapping[str, Any], chat: bool) -> RequestView:
@@ -128,7 +140,10 @@ class GlmSaver(CustomLogger):
     # ---- the decision -------------------------------------------------------------------------
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str) -> dict[str, Any]:
-        if call_type not in GOVERNED_CALL_TYPES or data.get("model") not in self._governed_models:
+        if call_type not in GOVERNED_CALL_TYPES:
+            return data
+        _drop_client_copies(data)
+        if data.get("model") not in self._governed_models:
             return data
         chat = call_type in CHAT_CALL_TYPES
         if chat:
@@ -186,7 +201,7 @@ class GlmSaver(CustomLogger):
         if plan.live is not None:
             # LiteLLM holds an empty answer; the streaming iterator hook sends the live draft instead.
             data["mock_response"] = placeholder_mock(plan.prompt_tokens)
-            metadata["glm_saver_live"] = live_id = str(data.get("litellm_call_id") or id(plan.live))
+            metadata[LIVE_KEY] = live_id = str(data.get("litellm_call_id") or id(plan.live))
             self.live.hold(live_id, plan.live)
         metadata[PLAN_KEY] = {
             "requested": plan.requested,
@@ -345,7 +360,7 @@ class GlmSaver(CustomLogger):
         a stream from Cerebras that reasoning left empty ends with an error, not as an empty answer
         (the chunks already sent cannot be taken back to retry); every other stream passes untouched."""
         metadata = request_data.get("metadata") or {}
-        live = self.live.claim(metadata.get("glm_saver_live"))
+        live = self.live.claim(metadata.get(LIVE_KEY))
         group = metadata.get("model_group") or request_data.get("model")
         if live is not None:
             include_usage = bool((request_data.get("stream_options") or {}).get("include_usage"))
@@ -376,7 +391,7 @@ class GlmSaver(CustomLogger):
     ) -> Any:
         """Every model of a routed request unreachable or too slow: a 503/504, not LiteLLM's 500/408;
         any other error of a routed request reaches the client without the upstreams' URLs."""
-        live = self.live.claim((request_data.get("metadata") or {}).get("glm_saver_live"))
+        live = self.live.claim((request_data.get("metadata") or {}).get(LIVE_KEY))
         if live is not None:
             await live.close()
         tag = (request_data.get("metadata") or {}).get(PLAN_KEY)

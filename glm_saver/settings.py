@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SECTION = "glm_saver"
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url takes
 
 Strategy = Literal["smart_routing", "always_local", "always_cerebras", "speculative_decoding", "parallel_speculative", "smart_speculative"]
 
@@ -353,6 +354,25 @@ class GlmSaverSettings(_Strict):
     def _lower_header(cls, value: str) -> str:
         return value.lower()
 
+    @field_validator("keys")
+    @classmethod
+    def _one_entry_per_key(cls, keys: list[ApiKeySettings]) -> list[ApiKeySettings]:
+        # Else the key is the last entry's alone: the other entry's budget and models silently never apply.
+        first: dict[str, str] = {}
+        for entry in keys:
+            if entry.key_sha256 in first:
+                raise ValueError(f"{entry.alias} has the same key_sha256 as {first[entry.key_sha256]}: one key, one entry")
+            first[entry.key_sha256] = entry.alias
+        return keys
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Else redis-py refuses it at the first request, which then gets a 500 (while /health says ok).
+        if value is not None and not value.startswith("os.environ/") and not is_redis_url(value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, or os.environ/VAR")
+        return value
+
     @field_validator("alert_webhook")
     @classmethod
     def _webhook_url(cls, value: str | None) -> str | None:
@@ -362,6 +382,10 @@ class GlmSaverSettings(_Strict):
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value
+
+
+def is_redis_url(value: str) -> bool:
+    return urlsplit(value).scheme in REDIS_URL_SCHEMES
 
 
 class ConfigError(ValueError):

@@ -34,7 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from glm_saver.settings import ConfigError, GlmSaverSettings
+from glm_saver.settings import ConfigError, GlmSaverSettings, is_redis_url
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -459,6 +459,8 @@ def redis_url(settings: GlmSaverSettings, config: Mapping[str, Any]) -> str:
         url = _resolve_env(settings.redis_url)
         if not url:
             raise ConfigError(f"glm_saver.redis_url: {settings.redis_url} is not set in the environment")
+        if not is_redis_url(url):  # its value is not said: it may hold a password
+            raise ConfigError(f"glm_saver.redis_url: {settings.redis_url} must hold a redis://, rediss:// or unix:// URL")
         return url
     router = config.get("router_settings") or {}
     host, port = router.get("redis_host"), router.get("redis_port")

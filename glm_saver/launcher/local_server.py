@@ -78,6 +78,11 @@ class ServeOptions:
     def max_input_tokens(self) -> int:
         return max(self.slot_context - OUTPUT_RESERVE, self.slot_context // 2)
 
+    @property
+    def max_output_tokens(self) -> int:
+        """The rest of a slot: where the server ends an answer that sets no max_tokens."""
+        return self.slot_context - self.max_input_tokens
+
 
 def _executable(layout: Layout, options: ServeOptions) -> list[str]:
     if options.server == BUILT:
@@ -108,6 +113,10 @@ def server_command(layout: Layout, options: ServeOptions) -> list[str]:
         # Total context, split evenly between the slots.
         "--ctx-size", str(options.slot_context * options.parallel),
         "--jinja",
+        # The default max_tokens: without it an answer runs until the slot's context is full (a base
+        # model rarely stops by itself: 12 minutes of one slot here), also for a client gone. A
+        # request's own larger max_tokens is not cut by the server.
+        "--n-predict", str(options.max_output_tokens),
         # The prompt cache otherwise grows to 8 GiB of RAM; a few Cline prefixes fit in this.
         "--cache-ram", str(PROMPT_CACHE_MIB),
     ]  # fmt: skip

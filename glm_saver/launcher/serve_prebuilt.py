@@ -32,6 +32,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--ctx-size", type=int, default=4096)
+    parser.add_argument("--n-predict", type=int, default=None)
     parser.add_argument("--jinja", action="store_true")
     parser.add_argument("--cache-ram", type=int, default=None)
     parser.add_argument("--chat-template-file", default=None)
@@ -56,6 +57,8 @@ def server_params(args: argparse.Namespace) -> Any:
     params.n_parallel = args.parallel
     params.n_ctx = args.ctx_size
     params.use_jinja = args.jinja
+    if args.n_predict is not None:
+        params.n_predict = args.n_predict
     if args.cache_ram is not None:
         params.cache_ram_mib = args.cache_ram
     if args.chat_template_file:

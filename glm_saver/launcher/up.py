@@ -28,7 +28,7 @@ import yaml
 
 from glm_saver.deployments import api_key_configured
 from glm_saver.launcher.local_model import Layout
-from glm_saver.launcher.local_server import OUTPUT_RESERVE, ServeOptions, server_command, start_server
+from glm_saver.launcher.local_server import ServeOptions, server_command, start_server
 from glm_saver.launcher.processes import ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
 from glm_saver.settings import GlmSaverSettings, load_config_file, settings_from_config
 
@@ -73,7 +73,7 @@ def derive_config(config: dict[str, Any], settings: GlmSaverSettings, serve: Ser
         params.update(model=f"openai/{serve.alias}", api_base=serve.base_url, api_key=params.get("api_key") or "local-no-key")
         info = entry.setdefault("model_info", {})
         info["max_input_tokens"] = serve.max_input_tokens
-        info["max_output_tokens"] = min(int(info.get("max_output_tokens") or OUTPUT_RESERVE), OUTPUT_RESERVE)
+        info["max_output_tokens"] = min(int(info.get("max_output_tokens") or serve.max_output_tokens), serve.max_output_tokens)
     return derived
 
 

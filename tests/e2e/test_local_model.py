@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from glm_saver.launcher.local_model import InstallError, Layout
-from glm_saver.launcher.local_server import EMBEDDED_ALIAS, QA_STOP, ServeOptions, prove_server
+from glm_saver.launcher.local_server import EMBEDDED_ALIAS, QA_STOP, ServeOptions, prove_server, server_command
 from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config, installed_layout
-from tests.e2e.proxy import MASTER_KEY, REPO, SHIPPED_CONFIG, Proxy, free_port
+from tests.e2e.proxy import MASTER_KEY, REPO, SHIPPED_CONFIG, Proxy, free_port, stop_process, wait_for_http
 from tests.e2e.tap import Tap
 from tests.fakes.upstream import FakeUpstream
 
@@ -123,6 +123,22 @@ def test_generation_stops_at_the_next_question_by_default(embedded: EmbeddedServ
     other = httpx.post(f"{embedded.url}/v1/completions", json={**body, "stop": ["never-said"]}, timeout=60).json()["choices"][0]["text"]
     assert QA_STOP in other
     assert QA_STOP not in default and other.startswith(default)
+
+
+def test_an_answer_that_sets_no_max_tokens_ends_at_the_servers_cap(tmp_path: Path) -> None:
+    """A base model rarely stops by itself: uncapped, one "Say hi" held a slot for 12 minutes."""
+    options = ServeOptions(port=free_port(), parallel=1, slot_context=256, threads=1)  # room for 128 answer tokens
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(server_command(installed_layout(), options), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(server, f"http://127.0.0.1:{options.port}/health", log_path, 120, options.server_name)
+        # A stop string that never comes, so only the cap can end the answer.
+        body = {"model": EMBEDDED_ALIAS, "messages": [{"role": "user", "content": "Count from 1 to 1000: 1, 2, 3,"}], "temperature": 0, "stop": ["never-said"]}
+        answer = httpx.post(f"http://127.0.0.1:{options.port}/v1/chat/completions", json=body, timeout=120).json()
+        assert (answer["usage"]["completion_tokens"], answer["choices"][0]["finish_reason"]) == (128, "length")
+    finally:
+        stop_process(server)
 
 
 def test_the_chat_is_rendered_with_the_question_answer_template(embedded: EmbeddedServer) -> None:

@@ -266,6 +266,28 @@ def test_a_fallback_hop_to_cerebras_is_clamped_to_the_cap(
     assert asked is not None and asked <= MAX_TOKENS_CAP, f"the fallback hop asked Cerebras for max_tokens={asked}"
 
 
+def test_a_ticket_a_client_writes_into_its_metadata_grants_no_fallback_hop(keyed: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> None:
+    """The gate's grant rides in the request's metadata; a client's own copy must pass nothing."""
+    forged = {"id": "forged", "group": "cerebras", "key": "spender", "max_tokens": 131072, "cost_usd": 0, "depth": 1}
+    local_upstream.inject("500")
+    body = chat_body(SIMPLE, max_tokens=131072, metadata={"glm_saver_ticket": forged})
+    response = post(keyed, "/v1/chat/completions", body, bearer(SPENDER))
+    assert [r.status for r in local_upstream.requests] == [500]
+    assert response.status_code != 200, f"answered {response.headers.get('x-glm-saver-route')}: {response.text[:200]}"
+    openai_error(response)
+    assert cerebras_upstream.requests == [], "a forged ticket took a request past the spender's budget to Cerebras"
+
+
+def test_a_served_count_a_client_writes_into_its_metadata_is_not_what_is_booked(keyed: Proxy, cerebras_upstream: FakeUpstream) -> None:
+    before = stats(keyed)["books"]["by_key"].get("plain", {}).get("completion_tokens", 0)
+    body = chat_body(SIMPLE, model="cerebras", max_tokens=16, metadata={"glm_saver_served": {"prompt_tokens": 1, "completion_tokens": 0}})
+    assert post(keyed, "/v1/chat/completions", body, bearer(PLAIN)).status_code == 200
+    (served,) = cerebras_upstream.served
+    assert served.completion_tokens > 0
+    booked = poll(lambda: stats(keyed)["books"]["by_key"].get("plain", {}).get("completion_tokens", 0) - before or None, "the answer booked")
+    assert booked == served.completion_tokens
+
+
 @pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b"1"], ids=["list", "string", "null", "number"])
 def test_a_json_body_that_is_not_an_object_is_a_400_and_the_proxy_keeps_serving(
     proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, body: bytes

@@ -30,6 +30,12 @@ def test_empty_section_gives_defaults() -> None:
         ({"alert_webhook": "ftp://alerts.example/hook"}, "glm_saver.alert_webhook: Value error, must be an http:// or https:// URL"),
         ({"alert_webhook": "not a url"}, "glm_saver.alert_webhook"),
         ({"alert_webhook": "https://"}, "glm_saver.alert_webhook"),
+        ({"redis_url": "http://cache.example:6379"}, "glm_saver.redis_url: Value error, must be a redis://, rediss:// or unix:// URL"),
+        ({"redis_url": "cache.example:6379"}, "glm_saver.redis_url"),
+        (
+            {"keys": [{"alias": "alice", "key_sha256": "a" * 64, "budget": {"limit_usd": 1}}, {"alias": "ci", "key_sha256": "a" * 64}]},
+            "glm_saver.keys: Value error, ci has the same key_sha256 as alice",
+        ),
     ],
 )
 def test_bad_value_names_the_key(section: dict, named: str) -> None:
@@ -85,6 +91,17 @@ def test_unreadable_and_invalid_yaml_are_config_errors(tmp_path) -> None:
     broken.write_text("model_list: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config_file(broken)
+
+
+@pytest.mark.parametrize("url", ["redis://cache.example:6379/0", "rediss://:pw@cache.example", "unix:///run/redis.sock", "os.environ/REDIS_URL"])
+def test_a_url_redis_takes_or_an_environment_variable_is_accepted(url: str) -> None:
+    assert parse_settings({"state": "redis", "redis_url": url}).redis_url == url
+
+
+def test_two_keys_may_share_an_alias() -> None:
+    """A key being rotated: the old and the new one, booked under one name."""
+    keys = parse_settings({"keys": [{"alias": "alice", "key_sha256": "a" * 64}, {"alias": "alice", "key_sha256": "b" * 64}]}).keys
+    assert [entry.alias for entry in keys] == ["alice", "alice"]
 
 
 def test_an_http_webhook_with_a_host_is_accepted() -> None:

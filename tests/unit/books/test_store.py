@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from glm_saver.books.ledger import Books, Charge
-from glm_saver.books.store import SqliteStore, StoreUnavailable, raise_first, side_by_side
+from glm_saver.books.store import SqliteStore, StoreUnavailable, raise_first, redis_url, side_by_side
+from glm_saver.settings import ConfigError, parse_settings
 
 CHARGE = Charge("cerebras", "cerebras", "smart_routing", "alice", "final", 100, 20, 0.000280, 0.000280)
 
@@ -65,3 +66,14 @@ def test_updates_side_by_side_all_run_though_one_fails_and_its_error_comes_back(
     assert results[0] == "books" and results[2] == "history"
     with pytest.raises(StoreUnavailable, match="redis is down"):
         raise_first(results)
+
+
+def test_a_redis_url_from_the_environment_that_redis_refuses_stops_the_start_without_showing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_REDIS_URL", "http://:s3cret-pw@cache.example:6379")
+    settings = parse_settings({"state": "redis", "redis_url": "os.environ/TEST_REDIS_URL"})
+    with pytest.raises(ConfigError) as raised:
+        redis_url(settings, {})
+    assert "glm_saver.redis_url: os.environ/TEST_REDIS_URL must hold a redis://" in str(raised.value)
+    assert "s3cret-pw" not in str(raised.value)
+    monkeypatch.setenv("TEST_REDIS_URL", "rediss://:s3cret-pw@cache.example:6379")
+    assert redis_url(settings, {}) == "rediss://:s3cret-pw@cache.example:6379"

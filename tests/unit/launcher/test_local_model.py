@@ -127,6 +127,14 @@ def test_the_prebuilt_server_gets_what_llama_server_would_from_the_same_flags(fa
     assert params.antiprompt == [QA_STOP]
     assert round(params.sampling.penalty_repeat, 3) == 1.1 and round(params.sampling.temp, 3) == 0.5
     assert params.cache_ram_mib == local_server.PROMPT_CACHE_MIB
+    assert params.n_predict == 2048
+
+
+@pytest.mark.parametrize(("slot_context", "window", "answer_cap"), [(16384, 14336, 2048), (4096, 2048, 2048), (1024, 512, 512)])
+def test_an_answer_is_capped_at_the_room_the_window_leaves_in_a_slot(fake_install: Layout, slot_context: int, window: int, answer_cap: int) -> None:
+    options = ServeOptions(port=9001, slot_context=slot_context)
+    assert options.max_input_tokens == window
+    assert _flags(server_command(fake_install, options))["--n-predict"] == str(answer_cap)
 
 
 def test_weights_are_joined_byte_for_byte(tmp_path: Path) -> None:
