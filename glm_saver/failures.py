@@ -1,16 +1,29 @@
-"""The status a client gets when no model could answer at all (every upstream down or too slow).
+"""The status a client gets when no model could answer at all (every upstream down or too slow,
+or the fallbacks refused by the plugin).
 
 LiteLLM reports an unreachable upstream as a 500 `internal_server_error` (which reads as a bug in
 the proxy) and a timed-out one as a 408 (which blames the client). Once the fallbacks are spent,
 the truthful answers are 503 (nothing reachable: retry later) and 504 (nothing answered in time).
+A fallback hop the plugin refused (budget, rate limits, the store) is reported by LiteLLM as the
+first model's error with the refusal buried in its text: the client gets the refusal's own status
+instead, as when the plan refuses up front (429 `budget_exceeded`, 429 with retry-after, 503).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import HTTPException
 from litellm.exceptions import Timeout
+
+from glm_saver.routing.gate import Refusal
+
+# Metadata key of the paid hops the plugin refused for a request: a list the pre-call hook puts in
+# place, shared by every hop's (shallow) copy of the metadata, so the failure hook can read it.
+REFUSALS_KEY = "glm_saver_refusals"
 
 _MAX_DETAIL = 600
 # Where the upstreams live is nobody's business but the operator's.
@@ -58,3 +71,46 @@ def redacted(error: BaseException) -> HTTPException | None:
     headers = getattr(error, "litellm_response_headers", None) or {}
     retry = {"retry-after": str(headers["retry-after"])} if "retry-after" in headers else None
     return HTTPException(status_code=status if isinstance(status, int) and 400 <= status < 600 else 500, detail=without_urls(text)[:_MAX_DETAIL], headers=retry)
+
+
+class TypedHTTPException(HTTPException):
+    """An HTTPException with OpenAI's error `type` (LiteLLM reads the attribute when it renders it)."""
+
+    def __init__(self, status_code: int, detail: str, type: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.type = type
+
+
+def note_refusal(metadata: Mapping[str, Any], group: str, refusal: Refusal) -> None:
+    """Remember a refused paid hop where the failure hook finds it (nothing if the plan set no list)."""
+    refusals = metadata.get(REFUSALS_KEY)
+    if isinstance(refusals, list):
+        period = refusal.budget.budget.period if refusal.budget is not None else None
+        refusals.append({"group": group, "reason": refusal.reason, "detail": refusal.detail, "retry_in": refusal.retry_in, "period": period})
+
+
+def _what_failed(error: BaseException) -> str:
+    if isinstance(error, Timeout):
+        return "did not answer in time"
+    if is_unreachable(error):
+        return "could not be reached"
+    status = getattr(error, "status_code", None)
+    return f"answered {status}" if isinstance(status, int) else f"failed ({type(error).__name__})"
+
+
+def refused_fallback(error: BaseException, route: str, refusals: Any) -> HTTPException | None:
+    """The refusal's status for a request whose model failed and whose paid fallbacks the plugin
+    refused (the last refusal decides: the strongest tier tried), else None."""
+    if not isinstance(refusals, Sequence) or not refusals or not all(isinstance(item, Mapping) for item in refusals):
+        return None
+    last = refusals[-1]
+    groups = ", ".join(dict.fromkeys(str(item["group"]) for item in refusals))
+    told = f"{route} {_what_failed(error)}, and the fallback to {groups} was refused: {without_urls(str(last['detail']))}"
+    reason = str(last["reason"])
+    if reason == "budget":
+        return TypedHTTPException(429, f"{told}; it renews with the next {last['period']} period", "budget_exceeded")
+    if reason == "store-down":
+        return TypedHTTPException(503, f"no model could answer: {told}", "service_unavailable")
+    retry_in = last.get("retry_in")
+    wait = max(1, math.ceil(retry_in)) if isinstance(retry_in, (int, float)) else 60
+    return TypedHTTPException(429, f"{told}; retry in {wait}s", "rate_limit_error", headers={"retry-after": str(wait)})

@@ -33,7 +33,7 @@ from glm_saver.cascade.live import LiveAnswers, stream_live
 from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata, placeholder_mock
 from glm_saver.classifier import Classifier, build_classifier
 from glm_saver.events import CALL_KEY, PLAN_KEY, SERVED_KEY, CallRecord, read_failure, read_success
-from glm_saver.failures import no_model_answered, redacted
+from glm_saver.failures import REFUSALS_KEY, no_model_answered, note_refusal, redacted, refused_fallback
 from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
 from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
@@ -52,7 +52,7 @@ LIVE_KEY = "glm_saver_live"
 # What the plugin writes into a request's metadata for its later hooks and the books. A client's own
 # copy is dropped first: a ticket in it would pass the gate on a fallback hop (no clamp, no budget
 # hold), a served count or a call role would book a Cerebras answer as free or to another key.
-OWN_METADATA = (PLAN_KEY, TICKET_KEY, CALL_KEY, SERVED_KEY, LIVE_KEY)
+OWN_METADATA = (PLAN_KEY, TICKET_KEY, CALL_KEY, SERVED_KEY, LIVE_KEY, REFUSALS_KEY)
 
 
 def _ascii_header(value: str) -> str:
@@ -174,12 +174,17 @@ class GlmSaver(CustomLogger):
 
     async def _unavailable(self, group: str) -> bool:
         """Whether a call to this paid group now would surely fail (no key, rate-limited until a reset, no store)."""
-        if not self._configured(group):
-            return True
+        return not self._configured(group) or await self._resting(group) is not None
+
+    async def _resting(self, group: str) -> Refusal | None:
+        """Why a configured paid group may not be called now (a 429's rest, the day spent, no store)."""
+        if self.headroom is None:
+            return None
         try:
-            return self.headroom is not None and await self.headroom.exhausted(group)
-        except StoreUnavailable:
-            return True
+            rest = await self.headroom.resting(group)
+        except StoreUnavailable as err:
+            return Refusal("store-down", f"{err}; paid models are off until it answers")
+        return None if rest is None else Refusal(rest.reason, rest.detail, rest.retry_in)
 
     def _configured(self, group: str) -> bool:
         tier = self.tiers.of_group(group)
@@ -198,6 +203,7 @@ class GlmSaver(CustomLogger):
         if plan.mock is not None:
             data["mock_response"] = plan.mock
         metadata = data.setdefault("metadata", {})
+        metadata[REFUSALS_KEY] = []  # the paid hops the gate refuses, for the failure hook
         if plan.live is not None:
             # LiteLLM holds an empty answer; the streaming iterator hook sends the live draft instead.
             data["mock_response"] = placeholder_mock(plan.prompt_tokens)
@@ -284,6 +290,7 @@ class GlmSaver(CustomLogger):
         granted = await self.gate.admit(key, group, tokens, asked if isinstance(asked, int) else None, depth)
         if isinstance(granted, Refusal):
             logger.warning("glm_saver: refused a call to %s (%s)", group, granted.reason)
+            note_refusal(metadata, group, granted)
             raise _refusal_error(granted, group)
         return granted
 
@@ -389,15 +396,17 @@ class GlmSaver(CustomLogger):
     async def async_post_call_failure_hook(
         self, request_data: dict[str, Any], original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None
     ) -> Any:
-        """Every model of a routed request unreachable or too slow: a 503/504, not LiteLLM's 500/408;
-        any other error of a routed request reaches the client without the upstreams' URLs."""
+        """A routed request whose paid fallbacks the gate refused: the refusal's 429/503; every model
+        unreachable or too slow: a 503/504, not LiteLLM's 500/408; any other error of a routed
+        request reaches the client without the upstreams' URLs."""
         live = self.live.claim((request_data.get("metadata") or {}).get(LIVE_KEY))
         if live is not None:
             await live.close()
         tag = (request_data.get("metadata") or {}).get(PLAN_KEY)
         if not isinstance(tag, Mapping):
             return None
-        return no_model_answered(original_exception, f"{tag['route']} and its fallback") or redacted(original_exception)
+        refused = refused_fallback(original_exception, str(tag["route"]), request_data["metadata"].get(REFUSALS_KEY))
+        return refused or no_model_answered(original_exception, f"{tag['route']} and its fallback") or redacted(original_exception)
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_failure(kwargs)
@@ -447,10 +456,16 @@ class GlmSaver(CustomLogger):
         LiteLLM no Cerebras deployment, so direct requests and fallbacks go local instead. A call that
         already holds the gate's ticket for this group was admitted moments ago: no second read of
         the store (a Redis round trip) for it."""
-        if model in self._cloud_groups and not _ticketed(request_kwargs, model) and self._configured(model) and await self._unavailable(model):
-            logger.warning("glm_saver: %s may not be called now; it has no deployment until it may", model)
-            return []
-        return healthy_deployments
+        if model not in self._cloud_groups or _ticketed(request_kwargs, model) or not self._configured(model):
+            return healthy_deployments
+        resting = await self._resting(model)
+        if resting is None:
+            return healthy_deployments
+        metadata = (request_kwargs or {}).get("metadata")
+        if isinstance(metadata, Mapping):
+            note_refusal(metadata, model, resting)
+        logger.warning("glm_saver: %s may not be called now; it has no deployment until it may", model)
+        return []
 
     # ---- state for /health and /stats ---------------------------------------------------------
 

@@ -205,10 +205,21 @@ def release(quota: Quota, reservation: Reservation, now: float) -> Quota:
     return quota.model_copy(update=changes)
 
 
+def resting(quota: Quota, now: float, model: str = STRONGEST_TIER) -> Admission | None:
+    """Why the model is known to refuse any request right now (a 429 window, or the day's
+    requests spent), else None."""
+    quota = rolled(quota, now)
+    if quota.exhausted_until > now:
+        wait = quota.exhausted_until - now
+        return Admission(False, "rate-limit-429", f"{model} answered 429 and rests for {wait:.1f}s more", wait)
+    if quota.requests_remaining is not None and quota.requests_remaining <= 0:
+        return Admission(False, "rate-limit-day", f"{model} has no requests left today", _until(quota.requests_reset_at, now))
+    return None
+
+
 def exhausted(quota: Quota, now: float) -> bool:
     """Known to refuse any request right now (a 429 window, or the day's requests spent)."""
-    quota = rolled(quota, now)
-    return quota.exhausted_until > now or (quota.requests_remaining is not None and quota.requests_remaining <= 0)
+    return resting(quota, now) is not None
 
 
 def describe(quota: Quota, now: float) -> dict[str, Any]:
@@ -284,6 +295,10 @@ class CloudHeadroom:
 
     async def exhausted(self, group: str | None = None) -> bool:
         return exhausted(await self._store.read(self.key_of(group)), self._clock())
+
+    async def resting(self, group: str | None = None) -> Admission | None:
+        key = self.key_of(group)
+        return resting(await self._store.read(key), self._clock(), self._tier_of(key))
 
     async def describe(self, group: str | None = None) -> dict[str, Any]:
         return describe(await self._store.read(self.key_of(group)), self._clock())
