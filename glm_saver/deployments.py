@@ -1,4 +1,5 @@
-"""What `model_list` says about a model group: its prices, its context window, its API key."""
+"""What `model_list` says about a model group: its prices, its context window, whether it takes
+images, its API key."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def group_window(config: Mapping[str, Any], group: str) -> int | None:
     """Smallest max_input_tokens of the group's deployments (None if none is known)."""
     windows = [info["max_input_tokens"] for info in map(_known, _entries(config, group)) if isinstance(info.get("max_input_tokens"), int)]
     return min(windows) if windows else None
+
+
+def group_takes_images(config: Mapping[str, Any], group: str) -> bool:
+    """Whether every deployment of the group is known to take images (model_info.supports_vision,
+    else LiteLLM's map); unknown counts as no: an image sent to a text-only model is a 500 there."""
+    known = [info.get("supports_vision") is True for info in map(_known, _entries(config, group))]
+    return bool(known) and all(known)
 
 
 def api_key_configured(config: Mapping[str, Any], group: str) -> bool:

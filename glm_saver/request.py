@@ -62,6 +62,16 @@ def latest_ask(messages: Iterable[Any]) -> str:
     return ""
 
 
+def has_images(messages: Iterable[Any]) -> bool:
+    """Whether any message carries an image part (the whole history goes to the model that answers)."""
+    return any(
+        isinstance(part, Mapping) and part.get("type") == "image_url"
+        for message in messages
+        if isinstance(message, Mapping) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
 def prompt_tokens(messages: Iterable[Any], tools: Any = None) -> int:
     """Tokens of the whole prompt, system and tool schemas included (for context-window checks)."""
     total = 0
@@ -86,6 +96,7 @@ class RequestView:
     has_tools: bool
     stream: bool
     max_tokens: int | None
+    images: bool = False  # an image part in any message: only a model that takes images may answer
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> RequestView:
@@ -100,4 +111,5 @@ class RequestView:
             has_tools=bool(tools),
             stream=bool(data.get("stream")),
             max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+            images=has_images(messages),
         )

@@ -63,6 +63,7 @@ class Plan:
     fallbacks: tuple[Route, ...] = ()  # the tiers LiteLLM may fall back to, in order (none: no fallback)
     mock: Any = None  # the cascade's answer (a ModelResponse), replayed on the local group
     live: Any = None  # a draft committed on its prefix (cascade/live.py), streamed on the local group
+    images: bool = False  # the prompt has images: only a tier that takes them may answer or be fallen back to
 
     @property
     def shown(self) -> str:
@@ -74,13 +75,14 @@ def client_error(message: str, param: str | None = None, code: str | None = None
     return ProxyException(message=message, type="invalid_request_error", param=param, code=400, openai_code=code)
 
 
-def _cloud_busy_error(refusal: Refusal) -> ProxyException:
-    """Too big for local and no paid tier may take it now: retry after the reset, or a 503 for the store."""
+def _cloud_busy_error(refusal: Refusal, images: bool) -> ProxyException:
+    """Not for local and no paid tier may take it now: retry after the reset, or a 503 for the store."""
+    not_local = "the local model does not take images" if images else "the prompt does not fit the local model"
     if refusal.reason == "store-down":
-        return ProxyException(message=f"{refusal.detail}, and the prompt does not fit the local model", type="service_unavailable", param=None, code=503)
+        return ProxyException(message=f"{refusal.detail}, and {not_local}", type="service_unavailable", param=None, code=503)
     retry_after = max(1, int(refusal.retry_in or 60))
     # The headroom's detail names the tier that had no room.
-    message = f"rate limit reached ({refusal.detail}) and the prompt does not fit the local model; retry in {retry_after}s"
+    message = f"rate limit reached ({refusal.detail}) and {not_local}; retry in {retry_after}s"
     return ProxyException(message=message, type="rate_limit_error", param=None, code=429, headers={"retry-after": str(retry_after)})
 
 
@@ -124,13 +126,15 @@ class Planner:
         """The plan for one request; raises a ProxyException for a request that must be refused."""
         requested = str(data["model"])
         key = key_label(auth)
-        start = Plan(self.local.name, "", "", requested, key, view.prompt_tokens)
+        start = Plan(self.local.name, "", "", requested, key, view.prompt_tokens, images=view.images)
         named = self.tiers.of_group(requested)
         if named is not None and not named.fits(view.prompt_tokens):
             self.stats.record_rejection("context-window")
             raise client_error(
                 f"the prompt is about {view.prompt_tokens} tokens, more than the context window of {requested}", "messages", "context_length_exceeded"
             )
+        if view.images:
+            self._check_images(named)
         try:
             decision = await self._budget_decision(auth, key, view) or self.decide(view, named.name if named else self._override(data), chat)
         except RequestTooLarge as err:
@@ -140,7 +144,7 @@ class Planner:
             return self._store_down(start, str(err))
         if named is not None and decision.reason == "override":
             decision = replace(decision, reason="direct", detail=f"the client asked for model {requested}")
-        plan = Plan(decision.route, decision.reason, decision.detail, requested, key, view.prompt_tokens, score=decision.score)
+        plan = Plan(decision.route, decision.reason, decision.detail, requested, key, view.prompt_tokens, score=decision.score, images=view.images)
         if decision.speculate:
             outcome = await self.speculator.answer(data, view, decision, key)
             plan = replace(
@@ -166,13 +170,15 @@ class Planner:
             has_tools=view.has_tools,
             # The cascade drafts chat answers; text completions are routed as smart_routing.
             speculate_with_tools=self.settings.speculative.speculate_with_tools,
-            speculate=chat,
+            # The cascade sends the prompt to local and to a paid tier: images only if all take them.
+            speculate=chat and (not view.images or all(tier.images for tier in self.tiers.ladder)),
+            images=view.images,
         )
         return decision if self.tiers[decision.route].configured else self._configured_instead(view, decision)
 
     def _configured_instead(self, view: RequestView, wanted: Decision) -> Decision:
         """Without its API key every call to a tier would fail: the nearest tier that has one and fits."""
-        instead = next((tier for tier in self.tiers.nearest(wanted.route, view.prompt_tokens) if tier.configured), None)
+        instead = next((tier for tier in self.tiers.nearest(wanted.route, view.prompt_tokens, view.images) if tier.configured), None)
         if instead is None:
             raise RequestTooLarge(
                 f"the prompt is about {view.prompt_tokens} tokens, more than the local model's context window "
@@ -187,13 +193,33 @@ class Planner:
         if spent is not None:
             name, budget, use = spent
             detail = f"budget {name} spent ({usd(use.spent_usd)} of {usd(budget.limit_usd)}, {budget.period})"
-            if budget.action == "reject" or not self.local.fits(view.prompt_tokens):
+            if budget.action == "reject" or not self.local.takes(view.prompt_tokens, view.images):
                 self.stats.record_rejection("budget")
                 raise _budget_error(detail, budget.period)
             return Decision(self.local.name, "budget", detail)
         if key not in self._config_key_aliases and _litellm_key_nearly_spent(auth, view, self.tiers.strongest.prices):
-            return Decision(self.local.name, "key-budget", f"LiteLLM key budget {usd(auth.max_budget)} nearly spent ({usd(auth.spend or 0.0)})")
+            detail = f"LiteLLM key budget {usd(auth.max_budget)} nearly spent ({usd(auth.spend or 0.0)})"
+            if view.images and not self.local.images:
+                self.stats.record_rejection("budget")
+                raise ProxyException(message=f"{detail}, and the local model does not take images", type="budget_exceeded", param=None, code=429)
+            return Decision(self.local.name, "key-budget", detail)
         return None
+
+    def _check_images(self, named: Tier | None) -> None:
+        """A 400 for images that no tier the request may go to takes (before any model is called)."""
+        if named is not None and not named.images:
+            why = f"model {named.group} does not take images"
+        elif not any(tier.images and tier.configured for tier in self.tiers.ladder):
+            why = f"none of the models it may go to ({', '.join(tier.group for tier in self.tiers.ladder)}) takes images"
+        else:
+            return
+        self.stats.record_rejection("images")
+        raise client_error(
+            f"the request has image input, and {why}; send it without images, or configure a model that takes them "
+            "(its model_list entry says model_info.supports_vision: true)",
+            "messages",
+            "image_input_not_supported",
+        )
 
     async def _through_gate(self, plan: Plan, view: RequestView) -> Plan:
         """A paid tier only with the gate's ticket (clamp, headroom, budget hold). A tier without
@@ -206,7 +232,7 @@ class Planner:
             return replace(plan, ticket=granted)
         if granted.budget is not None:
             return await self._within_budget(plan, view, wanted, granted)
-        for tier in self.tiers.nearest(wanted.name, view.prompt_tokens):
+        for tier in self.tiers.nearest(wanted.name, view.prompt_tokens, view.images):
             if not tier.configured:
                 continue
             ticket = await self._admit(plan, tier, view) if tier.paid else None
@@ -219,20 +245,21 @@ class Planner:
             detail = moved_off(granted.detail, wanted.name, plan.reason)
             return replace(plan, route=tier.name, reason=granted.reason, detail=detail, label=None, ticket=ticket)
         self.stats.record_rejection(granted.reason)
-        raise _cloud_busy_error(granted)
+        raise _cloud_busy_error(granted, view.images and self.local.fits(view.prompt_tokens))
 
     async def _admit(self, plan: Plan, tier: Tier, view: RequestView) -> Ticket | Refusal:
-        cheaper_left = bool(self._cheaper_paid(tier, view.prompt_tokens))
+        cheaper_left = bool(self._cheaper_paid(tier, view))
         return await self.gate.admit(plan.key, tier.group, view.prompt_tokens, view.max_tokens, cheaper_left=cheaper_left)
 
-    def _cheaper_paid(self, tier: Tier, tokens: int) -> list[Tier]:
-        """The configured paid tiers cheaper than `tier` whose window takes the prompt, nearest first."""
-        return [other for other in self.tiers.nearest(tier.name, tokens) if other.paid and other.configured and other.rank < tier.rank]
+    def _cheaper_paid(self, tier: Tier, view: RequestView) -> list[Tier]:
+        """The configured paid tiers cheaper than `tier` that take the prompt, nearest first."""
+        nearest = self.tiers.nearest(tier.name, view.prompt_tokens, view.images)
+        return [other for other in nearest if other.paid and other.configured and other.rank < tier.rank]
 
     async def _within_budget(self, plan: Plan, view: RequestView, refused: Tier, refusal: Refusal) -> Plan:
         """The budget cannot take `refused`'s worst case: a cheaper paid tier whose worst case it
         takes answers (its ticket holds it, and reason "budget" keeps fallbacks from going up)."""
-        for tier in self._cheaper_paid(refused, view.prompt_tokens):
+        for tier in self._cheaper_paid(refused, view):
             ticket = await self._admit(plan, tier, view)
             if isinstance(ticket, Ticket):
                 logger.warning("glm_saver: %s would overrun a budget, routing to %s", refused.name, tier.name)
@@ -245,7 +272,7 @@ class Planner:
     def _over_budget(self, plan: Plan, refusal: Refusal) -> Plan:
         """A budget the paid call would overrun: local (at no cost) when its window fits and the budget says so."""
         assert refusal.budget is not None
-        if refusal.budget.budget.action == "reject" or not self.local.fits(plan.prompt_tokens):
+        if refusal.budget.budget.action == "reject" or not self.local.takes(plan.prompt_tokens, plan.images):
             self.stats.record_rejection("budget")
             raise _budget_error(refusal.detail, refusal.budget.budget.period)
         logger.warning("glm_saver: %s would overrun a budget, routing local", plan.route)
@@ -259,9 +286,9 @@ class Planner:
 
     def _store_down(self, plan: Plan, why: str) -> Plan:
         refusal = Refusal("store-down", f"{why}; paid models are off until it answers")
-        if not self.local.fits(plan.prompt_tokens):
+        if not self.local.takes(plan.prompt_tokens, plan.images):
             self.stats.record_rejection("store-down")
-            raise _cloud_busy_error(refusal)
+            raise _cloud_busy_error(refusal, plan.images and self.local.fits(plan.prompt_tokens))
         logger.warning("glm_saver: %s; answering locally", why)
         return replace(plan, route=self.local.name, reason="store-down", detail=refusal.detail, fallbacks=())
 
@@ -273,7 +300,7 @@ class Planner:
             return ()
         rank = self.tiers[plan.route].rank
         kept_off = _kept_off(plan.reason)
-        nearest = self.tiers.nearest(plan.route, plan.prompt_tokens)
+        nearest = self.tiers.nearest(plan.route, plan.prompt_tokens, plan.images)
         return tuple(tier.name for tier in nearest if tier.configured and not (kept_off and tier.rank > rank))
 
     def _classify(self, view: RequestView) -> Classification:

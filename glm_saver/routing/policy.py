@@ -96,6 +96,7 @@ def decide(
     has_tools: bool = False,
     speculate_with_tools: bool = False,
     speculate: bool = True,
+    images: bool = False,
 ) -> Decision:
     if not any(tier.fits(prompt_tokens) for tier in tiers.ladder):
         windows = ", ".join(f"{tier.name} {tier.window}" for tier in tiers.ladder)
@@ -105,14 +106,14 @@ def decide(
         if override
         else _by_strategy(strategy, tiers, classify, has_tools, speculate_with_tools, speculate)
     )
-    if tiers.fits(wanted.route, prompt_tokens):
+    tier = tiers[wanted.route]
+    if tier.takes(prompt_tokens, images):
         return wanted
-    # Too big for the tier it wanted: the nearest stronger tier that takes it, else the nearest cheaper.
-    rank = tiers[wanted.route].rank
-    instead = sorted(tiers.nearest(wanted.route, prompt_tokens), key=lambda tier: (tier.rank < rank, abs(tier.rank - rank)))[0]
-    return Decision(
-        instead.name,
-        "context-window",
-        moved_off(f"{prompt_tokens} prompt tokens exceed the {wanted.route} window of {tiers[wanted.route].window}", wanted.route, wanted.reason),
-        wanted.score,
-    )
+    # Too big for the tier it wanted, or its images: the nearest stronger tier that takes it, else the nearest cheaper.
+    taking = sorted(tiers.nearest(wanted.route, prompt_tokens, images), key=lambda other: (other.rank < tier.rank, abs(other.rank - tier.rank)))
+    if not taking:
+        raise RequestTooLarge(f"the prompt has images, and no model whose context window takes its {prompt_tokens} tokens takes images")
+    if tier.fits(prompt_tokens):
+        return Decision(taking[0].name, "images", moved_off(f"{wanted.route} does not take images", wanted.route, wanted.reason), wanted.score)
+    why = f"{prompt_tokens} prompt tokens exceed the {wanted.route} window of {tier.window}"
+    return Decision(taking[0].name, "context-window", moved_off(why, wanted.route, wanted.reason), wanted.score)

@@ -18,7 +18,7 @@ from typing import Any
 
 from glm_saver.classifier import Classification
 from glm_saver.classifier.calibration import load_scores, threshold_for_share
-from glm_saver.deployments import Prices, api_key_configured, group_prices, group_window
+from glm_saver.deployments import Prices, api_key_configured, group_prices, group_takes_images, group_window
 from glm_saver.settings import LOCAL_TIER, STRONGEST_TIER, ConfigError, GlmSaverSettings, TierSettings
 
 Route = str  # a tier's name
@@ -32,6 +32,7 @@ class Tier:
     window: int | None = None  # max input tokens; None = unknown, assume it fits
     configured: bool = True  # its API key is set (the local tier needs none)
     rank: int = 0  # 0 = local, the cheapest
+    images: bool = False  # known to take image input (model_info.supports_vision)
 
     @property
     def paid(self) -> bool:
@@ -39,6 +40,10 @@ class Tier:
 
     def fits(self, tokens: int) -> bool:
         return self.window is None or tokens <= self.window
+
+    def takes(self, tokens: int, images: bool = False) -> bool:
+        """Its window fits the prompt, and it takes images if the prompt has any."""
+        return self.fits(tokens) and (self.images or not images)
 
 
 @dataclass(frozen=True)
@@ -97,11 +102,11 @@ class Tiers:
             return self.strongest if verdict.label == "complex" else self.local
         return self.ladder[bisect.bisect_right(self.thresholds, float(verdict.score))]
 
-    def nearest(self, name: Route, tokens: int) -> list[Tier]:
-        """The other tiers whose window takes `tokens`, nearest first: cheaper ones first, then stronger."""
+    def nearest(self, name: Route, tokens: int, images: bool = False) -> list[Tier]:
+        """The other tiers that take the prompt (`tokens`, `images`), nearest first: cheaper ones first, then stronger."""
         rank = self[name].rank
-        cheaper = [tier for tier in reversed(self.ladder[:rank]) if tier.fits(tokens)]
-        stronger = [tier for tier in self.ladder[rank + 1 :] if tier.fits(tokens)]
+        cheaper = [tier for tier in reversed(self.ladder[:rank]) if tier.takes(tokens, images)]
+        stronger = [tier for tier in self.ladder[rank + 1 :] if tier.takes(tokens, images)]
         return cheaper + stronger
 
     def describe(self) -> list[dict[str, Any]]:
@@ -162,6 +167,7 @@ def build_tiers(settings: GlmSaverSettings, config: Mapping[str, Any], classifie
             group_window(config, group),
             configured=rank == 0 or not config or api_key_configured(config, group),
             rank=rank,
+            images=group_takes_images(config, group),
         )
         for rank, (name, group) in enumerate(zip(tier_names(groups), groups, strict=True))
     )

@@ -59,3 +59,10 @@ def test_request_view_reads_stream_tools_and_max_tokens() -> None:
 def test_request_view_tolerates_garbage() -> None:
     view = RequestView.from_data({"messages": "not a list", "max_tokens": "lots"})
     assert (view.ask, view.prompt_tokens, view.max_tokens) == ("", 0, None)
+
+
+def test_an_image_part_anywhere_in_the_history_makes_the_request_one_with_images() -> None:
+    image = {"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "data:"}}]}
+    later = [image, {"role": "assistant", "content": "a cat"}, {"role": "user", "content": "and its colour?"}]
+    assert RequestView.from_data({"messages": later}).images
+    assert not RequestView.from_data({"messages": [{"role": "user", "content": [{"type": "text", "text": "no image"}]}]}).images

@@ -4,7 +4,7 @@ import pytest
 
 from glm_saver.classifier import Classification
 from glm_saver.routing.policy import RequestTooLarge, decide
-from glm_saver.routing.tiers import Tiers
+from glm_saver.routing.tiers import Tier, Tiers
 
 WINDOWS = Tiers.of_two(local=1000, cloud=100_000)
 
@@ -47,3 +47,18 @@ def test_too_big_for_every_window_is_rejected() -> None:
 
 def test_unknown_windows_never_block() -> None:
     assert decide("always_local", 10**7, Tiers.of_two(local=None, cloud=None), never_classify).route == "local"
+
+
+SEEING_CLOUD = Tiers((Tier("local", "local", window=1000), Tier("cerebras", "cerebras", window=100_000, rank=1, images=True)))
+
+
+def test_images_move_a_simple_or_overridden_ask_to_the_tier_that_takes_them() -> None:
+    decision = decide("smart_routing", 10, SEEING_CLOUD, lambda: verdict("simple"), images=True)
+    assert (decision.route, decision.reason, decision.speculate) == ("cerebras", "images", False)
+    assert decision.detail == "local does not take images (wanted local: classifier-simple)"
+    assert decide("smart_routing", 10, SEEING_CLOUD, never_classify, override="local", images=True).route == "cerebras"
+
+
+def test_images_no_tier_with_room_takes_are_refused() -> None:
+    with pytest.raises(RequestTooLarge, match="no model whose context window takes its 10 tokens takes images"):
+        decide("always_local", 10, WINDOWS, never_classify, images=True)

@@ -188,3 +188,21 @@ def test_the_cascade_may_use_a_paid_tier_only(key: str) -> None:
     config = {**THREE, "glm_saver": {**BANDED, "speculative": {key: "local"}}}
     with pytest.raises(ConfigError, match=rf"glm_saver\.speculative\.{key}: local is not a paid tier \(have: cheap, cerebras\)"):
         settings_from_config(config)
+
+
+def test_a_tier_takes_images_only_when_every_deployment_of_its_group_says_supports_vision() -> None:
+    config = model_list(("local", 0.0, 8000), ("cheap", 0.35, 16000), ("cerebras", 2.25, 32000))
+    entries = {entry["model_name"]: entry for entry in config["model_list"]}
+    entries["cerebras"]["model_info"]["supports_vision"] = True
+    entries["cheap"]["model_info"]["supports_vision"] = False
+    # A second cerebras deployment that says nothing: LiteLLM may pick it, so the group does not take images.
+    two = {"model_list": [*config["model_list"], {**entries["cerebras"], "model_info": {"max_input_tokens": 32000}}]}
+    assert [tier.images for tier in ladder(BANDED, config).ladder] == [False, False, True]
+    assert [tier.images for tier in ladder(BANDED, two).ladder] == [False, False, False]
+
+
+def test_nearest_with_images_offers_only_the_tiers_that_take_them() -> None:
+    tiers = Tiers((Tier("local", "local"), Tier("cheap", "cheap", rank=1), Tier("cerebras", "cerebras", rank=2, images=True)))
+    assert [t.name for t in tiers.nearest("local", 100)] == ["cheap", "cerebras"]
+    assert [t.name for t in tiers.nearest("local", 100, images=True)] == ["cerebras"]
+    assert tiers.nearest("cerebras", 100, images=True) == []
