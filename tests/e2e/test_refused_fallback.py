@@ -46,10 +46,18 @@ def assert_plain_error(error: openai.APIStatusError, upstreams: tuple[FakeUpstre
     return str(body["error"]["message"])
 
 
+ALICE_KEYS = [{"alias": "alice", "key_sha256": hashlib.sha256(ALICE.encode()).hexdigest(), "budget": SMALL_BUDGET}]
+
+
 @pytest.fixture(scope="module")
 def budgeted(start_proxy: Callable[..., Proxy]) -> Proxy:
-    keys = [{"alias": "alice", "key_sha256": hashlib.sha256(ALICE.encode()).hexdigest(), "budget": SMALL_BUDGET}]
-    return start_proxy(glm_saver={"keys": keys})
+    return start_proxy(glm_saver={"keys": ALICE_KEYS})
+
+
+@pytest.fixture(scope="module")
+def budgeted_tiers(start_proxy: Callable[..., Proxy]) -> Proxy:
+    """The shipped three tiers: local falls back to cerebras-oss, then cerebras."""
+    return start_proxy(tiers=True, glm_saver={"keys": ALICE_KEYS})
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -59,14 +67,29 @@ def test_local_failing_with_the_fallback_over_budget_is_a_429_budget_exceeded(
     local_upstream.inject("500")
     with pytest.raises(openai.RateLimitError) as raised:
         ask(client_for(budgeted, ALICE), SIMPLE, stream)
-    assert raised.value.status_code == 429
-    assert raised.value.response.json()["error"]["type"] == "budget_exceeded"
-    message = assert_plain_error(raised.value, (local_upstream, cerebras_upstream))
-    assert message.startswith("local answered 500, and the fallback to cerebras was refused: budget key:alice has"), message
-    assert message.endswith("it renews with the next daily period"), message
-    assert "LiteLLM" not in message and "litellm" not in message, message
+    assert_budget_exceeded(raised.value, (local_upstream, cerebras_upstream), "cerebras")
     assert [r.status for r in local_upstream.requests] == [500]
     assert cerebras_upstream.requests == []
+
+
+def test_local_failing_with_both_paid_tiers_over_budget_is_a_429_budget_exceeded(
+    budgeted_tiers: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
+    local_upstream.inject("500")
+    with pytest.raises(openai.RateLimitError) as raised:
+        ask(client_for(budgeted_tiers, ALICE), SIMPLE, False)
+    assert_budget_exceeded(raised.value, (local_upstream, cerebras_upstream), "cerebras-oss, cerebras")
+    assert [r.status for r in local_upstream.requests] == [500]
+    assert cerebras_upstream.requests == []
+
+
+def assert_budget_exceeded(error: openai.APIStatusError, upstreams: tuple[FakeUpstream, ...], refused: str) -> None:
+    assert error.status_code == 429
+    assert error.response.json()["error"]["type"] == "budget_exceeded"
+    message = assert_plain_error(error, upstreams)
+    assert message.startswith(f"local answered 500, and the fallback to {refused} was refused: budget key:alice has"), message
+    assert message.endswith("it renews with the next daily period"), message
+    assert "LiteLLM" not in message and "litellm" not in message, message
 
 
 def assert_rate_limited(error: openai.APIStatusError, upstreams: tuple[FakeUpstream, ...], why: str) -> int:
