@@ -6,9 +6,11 @@ Every client request that can cost money is planned, whatever model it names: an
 (`glm-saver`) is decided by the strategy; a concrete group (`local`, `cerebras`) is taken as an
 override of the same decision, so budgets, the clamp, headroom and context windows hold for it too.
 
-Order: a spent budget; the context windows, override and strategy (routing/strategies); the
-draft/verify cascade when the strategy asks for it; then, for Cerebras, the gate. A store that
-cannot be reached sends the request local when its prompt fits, else a 503 that names the store.
+Order: images no tier takes (a 400); a spent budget; the context windows, images, override and
+strategy (routing/policy); the draft/verify cascade when the strategy asks for it; then, for
+Cerebras, the gate. A store that cannot be reached sends the request local when the local model
+takes it, else a 503 that names the store. A prompt with images goes, and falls back, only to
+tiers that take images.
 """
 
 from __future__ import annotations

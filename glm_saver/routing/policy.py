@@ -1,7 +1,8 @@
 """The routing strategies: from what a request is to where it goes (a Decision).
 
 The pure policy lives here so it can be read and tested without a proxy; the plugin applies it.
-Precedence: context-window safety, then the per-request override header, then the strategy.
+Precedence: context-window safety and images (a tier that takes them), then the per-request
+override header, then the strategy.
 The speculative strategies decide only *whether* to run the draft/verify cascade (speculative.py):
 drafts are made locally, so a speculative decision routes "local" and the window check applies to it.
 """
