@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 from tests.fakes.upstream import FakeUpstream
 
@@ -64,3 +65,19 @@ def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
 @pytest.fixture(scope="session")
 def client(proxy: Proxy) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    server = EmbeddedServer(log_path=Path(tmp_path_factory.mktemp("llama")) / "llama-server.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_proxy(tmp_path_factory: pytest.TempPathFactory, embedded: EmbeddedServer, cerebras_upstream: FakeUpstream) -> Iterator[Proxy]:
+    """No CEREBRAS_API_KEY, as on a newcomer's machine (the fake Cerebras only proves nothing goes there)."""
+    proxy = Proxy(directory=Path(tmp_path_factory.mktemp("embedded-proxy")), cerebras_url=cerebras_upstream.url, cerebras_key=None)
+    proxy.start(embedded_proxy_config(embedded.options))
+    yield proxy
+    proxy.stop()

@@ -10,14 +10,12 @@ Real `litellm` proxy processes asked through the OpenAI client: in front of the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import openai
 import pytest
 
 from tests.e2e.conftest import CLOUD_WINDOW, LOCAL_WINDOW
-from tests.e2e.embedded import EmbeddedServer, embedded_proxy_config
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 from tests.fakes.upstream import FakeUpstream
 
@@ -38,22 +36,6 @@ def assert_images_refused(error: openai.APIStatusError) -> None:
     assert {"message", "type", "param", "code"} <= set(body), body
     assert (body["type"], body["param"]) == ("invalid_request_error", "messages")
     assert "images" in body["message"] and "supports_vision" in body["message"], body["message"]
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(log_path=Path(tmp_path_factory.mktemp("llama")) / "llama-server.log", parallel=1).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def embedded_proxy(tmp_path_factory: pytest.TempPathFactory, embedded: EmbeddedServer, cerebras_upstream: FakeUpstream) -> Iterator[Proxy]:
-    """What `glm-saver up` gives a newcomer: the embedded model, no Cerebras key."""
-    proxy = Proxy(directory=Path(tmp_path_factory.mktemp("embedded-proxy")), cerebras_url=cerebras_upstream.url, cerebras_key=None)
-    proxy.start(embedded_proxy_config(embedded.options))
-    yield proxy
-    proxy.stop()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

@@ -34,22 +34,6 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"
 
 
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(log_path=Path(tmp_path_factory.mktemp("llama")) / "llama-server.log").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def embedded_proxy(tmp_path_factory: pytest.TempPathFactory, embedded: EmbeddedServer, cerebras_upstream: FakeUpstream) -> Iterator[Proxy]:
-    """No CEREBRAS_API_KEY, as on a newcomer's machine (the fake Cerebras only proves nothing goes there)."""
-    proxy = Proxy(directory=Path(tmp_path_factory.mktemp("embedded-proxy")), cerebras_url=cerebras_upstream.url, cerebras_key=None)
-    proxy.start(embedded_proxy_config(embedded.options))
-    yield proxy
-    proxy.stop()
-
-
 @pytest.fixture()
 def client(embedded_proxy: Proxy) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{embedded_proxy.url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=120)

@@ -49,36 +49,23 @@ def assert_plain_error(error: openai.APIStatusError, upstreams: tuple[FakeUpstre
 ALICE_KEYS = [{"alias": "alice", "key_sha256": hashlib.sha256(ALICE.encode()).hexdigest(), "budget": SMALL_BUDGET}]
 
 
-@pytest.fixture(scope="module")
-def budgeted(start_proxy: Callable[..., Proxy]) -> Proxy:
-    return start_proxy(glm_saver={"keys": ALICE_KEYS})
-
-
-@pytest.fixture(scope="module")
-def budgeted_tiers(start_proxy: Callable[..., Proxy]) -> Proxy:
-    """The shipped three tiers: local falls back to cerebras-oss, then cerebras."""
-    return start_proxy(tiers=True, glm_saver={"keys": ALICE_KEYS})
+@pytest.fixture(scope="module", params=[False, True], ids=["two-tiers", "three-tiers"])
+def budgeted(request: pytest.FixtureRequest, start_proxy: Callable[..., Proxy]) -> tuple[Proxy, str]:
+    """A proxy with key alice's small budget, and the paid tiers local falls back to (the shipped
+    three: cerebras-oss, then cerebras)."""
+    three = bool(request.param)
+    return start_proxy(tiers=three, glm_saver={"keys": ALICE_KEYS}), "cerebras-oss, cerebras" if three else "cerebras"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_local_failing_with_the_fallback_over_budget_is_a_429_budget_exceeded(
-    budgeted: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, stream: bool
+    budgeted: tuple[Proxy, str], local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream, stream: bool
 ) -> None:
+    proxy, fallbacks = budgeted
     local_upstream.inject("500")
     with pytest.raises(openai.RateLimitError) as raised:
-        ask(client_for(budgeted, ALICE), SIMPLE, stream)
-    assert_budget_exceeded(raised.value, (local_upstream, cerebras_upstream), "cerebras")
-    assert [r.status for r in local_upstream.requests] == [500]
-    assert cerebras_upstream.requests == []
-
-
-def test_local_failing_with_both_paid_tiers_over_budget_is_a_429_budget_exceeded(
-    budgeted_tiers: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
-) -> None:
-    local_upstream.inject("500")
-    with pytest.raises(openai.RateLimitError) as raised:
-        ask(client_for(budgeted_tiers, ALICE), SIMPLE, False)
-    assert_budget_exceeded(raised.value, (local_upstream, cerebras_upstream), "cerebras-oss, cerebras")
+        ask(client_for(proxy, ALICE), SIMPLE, stream)
+    assert_budget_exceeded(raised.value, (local_upstream, cerebras_upstream), fallbacks)
     assert [r.status for r in local_upstream.requests] == [500]
     assert cerebras_upstream.requests == []
 
