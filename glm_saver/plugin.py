@@ -236,6 +236,7 @@ class GlmSaver(CustomLogger):
         tag: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
         self._hold_window(tag, str(group))
         if group not in self._cloud_groups:
+            self._cap_free_output(kwargs, str(group))
             return None
         depth = int(kwargs.get("fallback_depth") or 0)
         held = metadata.get(TICKET_KEY)
@@ -259,6 +260,16 @@ class GlmSaver(CustomLogger):
         effort = self.settings.reasoning_of(group).effort
         if effort is not None and kwargs.get("reasoning_effort") is None:
             kwargs["reasoning_effort"] = effort
+
+    def _cap_free_output(self, kwargs: dict[str, Any], group: str) -> None:
+        """A free tier's answer is capped at its deployments' max_output_tokens: a local server asked
+        for more (Cline asks 16,384) generates on, holding one of its few slots, past what it can send."""
+        tier = self.tiers.of_group(group)
+        cap = tier.max_output if tier is not None else None
+        for name in ("max_tokens", "max_completion_tokens"):
+            asked = kwargs.get(name)
+            if cap is not None and isinstance(asked, int) and asked > cap:
+                kwargs[name] = cap
 
     def _hold_window(self, tag: Mapping[str, Any], group: str) -> None:
         """A planned prompt never reaches a tier whose window is too small for it, on any hop."""
