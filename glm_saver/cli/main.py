@@ -48,12 +48,15 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from glm_saver.books.store import redis_url
     from glm_saver.classifier import build_classifier
     from glm_saver.routing.tiers import build_tiers
 
     config = load_config_file(args.path)
     settings = settings_from_config(config)
     tiers = build_tiers(settings, config, build_classifier(settings.classifier))
+    if settings.state == "redis":
+        redis_url(settings, config)  # where the proxy's start would fail on it (read from this environment)
     print(f"{args.path}: OK (strategy {settings.strategy}, entry models {', '.join(settings.entry_models)}, tiers {', '.join(tiers.names)})")
     return 0
 

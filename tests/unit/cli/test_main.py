@@ -51,6 +51,22 @@ def test_check_config_names_the_bad_key(tmp_path, capsys) -> None:
     assert "glm_saver.strategy" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("redis_env", [None, "http://cache.internal:6379"], ids=["no-url", "not-a-redis-url"])
+def test_check_config_fails_where_the_start_would_on_redis_without_a_usable_url(tmp_path, monkeypatch, capsys, redis_env) -> None:
+    for name in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    if redis_env:
+        monkeypatch.setenv("REDIS_URL", redis_env)
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["glm_saver"]["state"] = "redis"
+    path = tmp_path / "redis.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "glm_saver.state" in err and "REDIS_URL" in err
+    assert "cache.internal" not in err
+
+
 def test_unknown_command_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as raised:
         main(["frobnicate"])
