@@ -28,6 +28,13 @@ def test_classify_reads_a_cline_request_body_from_stdin(monkeypatch, capsys) -> 
     assert set(verdict) == {"score", "label", "reasons"}
 
 
+@pytest.mark.parametrize("text", ["", "   "])
+def test_classify_says_there_is_no_ask_instead_of_scoring_nothing(text: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["classify", text])
+    assert "no ask to classify" in str(raised.value.code)
+
+
 def test_classify_uses_the_config_keywords(tmp_path, capsys) -> None:
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
     config["glm_saver"]["classifier"]["complexity_keywords"] = {"frobnicate": 5.0}
