@@ -452,7 +452,9 @@ class GlmSaver(CustomLogger):
             return
         reservation = record.ticket.reservation if record.ticket else None
         try:
-            quota = await self.headroom.observe(record.headers, reservation, record.rate_limited, record.received_at, group=record.group)
+            quota = await self.headroom.observe(
+                record.headers, reservation, record.rate_limited, record.received_at, group=record.group, answered=record.error is None
+            )
         except StoreUnavailable as err:
             logger.error("glm_saver: cerebras' headroom not updated: %s", err)
             return
