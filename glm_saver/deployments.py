@@ -40,10 +40,19 @@ def group_prices(config: Mapping[str, Any], group: str) -> Prices:
     return Prices()
 
 
+def _smallest(config: Mapping[str, Any], group: str, name: str) -> int | None:
+    values = [info[name] for info in map(_known, _entries(config, group)) if isinstance(info.get(name), int)]
+    return min(values) if values else None
+
+
 def group_window(config: Mapping[str, Any], group: str) -> int | None:
     """Smallest max_input_tokens of the group's deployments (None if none is known)."""
-    windows = [info["max_input_tokens"] for info in map(_known, _entries(config, group)) if isinstance(info.get("max_input_tokens"), int)]
-    return min(windows) if windows else None
+    return _smallest(config, group, "max_input_tokens")
+
+
+def group_max_output(config: Mapping[str, Any], group: str) -> int | None:
+    """Smallest max_output_tokens of the group's deployments (None if none is known)."""
+    return _smallest(config, group, "max_output_tokens")
 
 
 def group_takes_images(config: Mapping[str, Any], group: str) -> bool:

@@ -66,8 +66,7 @@ def _epoch(moment: Any) -> float | None:
     return float(moment) if isinstance(moment, (int, float)) else None
 
 
-def _common(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    metadata = _metadata(kwargs)
+def _common(metadata: Mapping[str, Any]) -> dict[str, Any]:
     tag = metadata.get(PLAN_KEY)
     call = metadata.get(CALL_KEY) if isinstance(metadata.get(CALL_KEY), Mapping) else None
     group = metadata.get("model_group")
@@ -131,7 +130,7 @@ def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
     if isinstance(served, Mapping):
         prompt, completion = int(served.get("prompt_tokens") or prompt), int(served.get("completion_tokens") or 0)
     return CallRecord(
-        **_common(kwargs),
+        **_common(_metadata(kwargs)),
         headers=kwargs.get("response_headers"),
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -141,10 +140,14 @@ def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
 
 
 def read_failure(kwargs: Mapping[str, Any]) -> CallRecord:
-    error = kwargs.get("exception")
+    return failure_of(_metadata(kwargs), kwargs.get("exception"))
+
+
+def failure_of(metadata: Mapping[str, Any], error: BaseException | None) -> CallRecord:
+    """One failed call, from its metadata (a log event's, or a deployment hook's own kwargs)."""
     status = getattr(error, "status_code", None)
     return CallRecord(
-        **_common(kwargs),
+        **_common(metadata),
         headers=getattr(error, "litellm_response_headers", None),
         status=status if isinstance(status, int) else None,
         error=type(error).__name__ if error is not None else None,

@@ -32,7 +32,7 @@ from glm_saver.callers import caller_label
 from glm_saver.cascade.live import LiveAnswers, stream_live
 from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata, placeholder_mock
 from glm_saver.classifier import Classifier, build_classifier
-from glm_saver.events import CALL_KEY, PLAN_KEY, SERVED_KEY, CallRecord, read_failure, read_success
+from glm_saver.events import CALL_KEY, PLAN_KEY, SERVED_KEY, CallRecord, failure_of, read_failure, read_success
 from glm_saver.failures import REFUSALS_KEY, no_model_answered, note_refusal, redacted, refused_fallback
 from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
 from glm_saver.request import RequestView, prompt_tokens
@@ -49,10 +49,13 @@ TEXT_CALL_TYPES = frozenset({"text_completion", "atext_completion"})
 # The calls whose money the plugin governs (chat and text completions, every model name it routes).
 GOVERNED_CALL_TYPES = CHAT_CALL_TYPES | TEXT_CALL_TYPES
 LIVE_KEY = "glm_saver_live"
+# The failed call (group and fallback hop) whose reservation and holds the deployment failure hook
+# gave back, so the log event of that same call does not give them back again.
+FAILED_KEY = "glm_saver_failed"
 # What the plugin writes into a request's metadata for its later hooks and the books. A client's own
 # copy is dropped first: a ticket in it would pass the gate on a fallback hop (no clamp, no budget
 # hold), a served count or a call role would book a Cerebras answer as free or to another key.
-OWN_METADATA = (PLAN_KEY, TICKET_KEY, CALL_KEY, SERVED_KEY, LIVE_KEY, REFUSALS_KEY)
+OWN_METADATA = (PLAN_KEY, TICKET_KEY, CALL_KEY, SERVED_KEY, LIVE_KEY, FAILED_KEY, REFUSALS_KEY)
 
 
 def _ascii_header(value: str) -> str:
@@ -242,6 +245,7 @@ class GlmSaver(CustomLogger):
         tag: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
         self._hold_window(tag, str(group))
         if group not in self._cloud_groups:
+            self._cap_free_output(kwargs, str(group))
             return None
         depth = int(kwargs.get("fallback_depth") or 0)
         held = metadata.get(TICKET_KEY)
@@ -265,6 +269,16 @@ class GlmSaver(CustomLogger):
         effort = self.settings.reasoning_of(group).effort
         if effort is not None and kwargs.get("reasoning_effort") is None:
             kwargs["reasoning_effort"] = effort
+
+    def _cap_free_output(self, kwargs: dict[str, Any], group: str) -> None:
+        """A free tier's answer is capped at its deployments' max_output_tokens: a local server asked
+        for more (Cline asks 16,384) generates on, holding one of its few slots, past what it can send."""
+        tier = self.tiers.of_group(group)
+        cap = tier.max_output if tier is not None else None
+        for name in ("max_tokens", "max_completion_tokens"):
+            asked = kwargs.get(name)
+            if cap is not None and isinstance(asked, int) and asked > cap:
+                kwargs[name] = cap
 
     def _hold_window(self, tag: Mapping[str, Any], group: str) -> None:
         """A planned prompt never reaches a tier whose window is too small for it, on any hop."""
@@ -408,8 +422,29 @@ class GlmSaver(CustomLogger):
         refused = refused_fallback(original_exception, str(tag["route"]), request_data["metadata"].get(REFUSALS_KEY))
         return refused or no_model_answered(original_exception, f"{tag['route']} and its fallback") or redacted(original_exception)
 
+    async def async_post_call_failure_deployment_hook(
+        self, request_data: Mapping[str, Any], exception: Exception, call_type: Any, fallback_depth: int | None = None
+    ) -> None:
+        """Every failed call to a deployment, each fallback hop included. LiteLLM logs one failure
+        per request (async_log_failure_event, its first), so a later hop's failure (local's 500,
+        then Cerebras' 401) would keep its headroom reservation and budget hold for good: the
+        failure is settled here, and the log event passes over the call settled here."""
+        metadata = request_data.get("metadata")
+        if not isinstance(metadata, dict):
+            return  # no place to mark it settled: the log event settles it, if LiteLLM logs it
+        record = failure_of(metadata, exception)
+        metadata[FAILED_KEY] = _attempt(metadata)
+        metadata.pop(TICKET_KEY, None)  # given back: a retry of this hop asks the gate anew
+        await self._settle_failure(record)
+
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
-        record = read_failure(kwargs)
+        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+        if metadata.get(FAILED_KEY) == _attempt(metadata):
+            return  # settled by the deployment failure hook
+        await self._settle_failure(read_failure(kwargs))
+
+    async def _settle_failure(self, record: CallRecord) -> None:
+        """A failed call: its reservation and holds given back, counted and logged (once per call)."""
         steps = [*self._headroom_step(record), self.history.observe(record, None), self._release_holds(record)]
         raise_first(await side_by_side(steps, at_once=self.settings.batches_round_trips))
         if record.tag is None:
@@ -437,7 +472,9 @@ class GlmSaver(CustomLogger):
             return
         reservation = record.ticket.reservation if record.ticket else None
         try:
-            quota = await self.headroom.observe(record.headers, reservation, record.rate_limited, record.received_at, group=record.group)
+            quota = await self.headroom.observe(
+                record.headers, reservation, record.rate_limited, record.received_at, group=record.group, answered=record.error is None
+            )
         except StoreUnavailable as err:
             logger.error("glm_saver: cerebras' headroom not updated: %s", err)
             return
@@ -525,6 +562,12 @@ class GlmSaver(CustomLogger):
                 }
             )
         return described
+
+
+def _attempt(metadata: Mapping[str, Any]) -> str:
+    """Which call of a request the metadata is of: its group and fallback hop (a hop's metadata is
+    a copy of the one before it, a mark included)."""
+    return f"{metadata.get('model_group')}#{metadata.get('attempted_fallbacks') or 0}"
 
 
 def _ticketed(request_kwargs: Mapping[str, Any] | None, group: str) -> bool:

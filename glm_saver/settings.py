@@ -73,6 +73,10 @@ DEFAULT_SIMPLE_KEYWORDS: dict[str, float] = {
 }
 
 
+# RFC 9110's token: the characters a header name may have.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,7 +84,7 @@ class _Strict(BaseModel):
 class RegexRule(_Strict):
     """An extra rule: when `pattern` matches the user's ask, add `weight` (negative pulls simple)."""
 
-    pattern: str
+    pattern: str = Field(min_length=1, description="an empty one would match every ask")
     weight: float = Field(ge=-10, le=10)
     reason: str | None = None
     ignore_case: bool = True
@@ -352,6 +356,8 @@ class GlmSaverSettings(_Strict):
     @field_validator("override_header")
     @classmethod
     def _lower_header(cls, value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError("must be an HTTP header name (letters, digits and -, e.g. x-glm-saver-route)")
         return value.lower()
 
     @field_validator("keys")

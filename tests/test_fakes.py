@@ -395,6 +395,9 @@ def test_requests_per_day_run_out(clock: FakeClock) -> None:
 @pytest.mark.parametrize(
     ("mode", "error"),
     [
+        ("400", openai.BadRequestError),
+        ("401", openai.AuthenticationError),
+        ("403", openai.PermissionDeniedError),
         ("429", openai.RateLimitError),
         ("500", openai.InternalServerError),
         ("503", openai.InternalServerError),

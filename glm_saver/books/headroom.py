@@ -180,10 +180,12 @@ def observe(
     settings: RateLimitSettings,
     reservation: Reservation | None = None,
     rate_limited: bool = False,
+    answered: bool = True,
 ) -> Quota:
-    """Fold one answer (or 429) from Cerebras into the quota and release its reservation."""
+    """Fold one answer (or failure) from Cerebras into the quota and release its reservation.
+    A failure that reports no limits (a wrong key's 401) leaves them unknown: the next call is the probe."""
     quota = rolled(quota, now)
-    changes: dict[str, Any] = {"probed": True}
+    changes: dict[str, Any] = {"probed": quota.probed or answered or reading != HeaderReading()}
     if reservation is not None:
         changes["reserved_requests"] = max(0, quota.reserved_requests - 1)
         if reservation.window == quota.window:
@@ -276,6 +278,7 @@ class CloudHeadroom:
         rate_limited: bool = False,
         received_at: float | None = None,
         group: str | None = None,
+        answered: bool = True,
     ) -> Quota:
         """`received_at`: when the headers arrived. A stream is logged when it ends, long after its
         headers were written; their reset times count from their arrival, not from the log event."""
@@ -284,7 +287,7 @@ class CloudHeadroom:
         anchor = min(received_at, now) if received_at is not None else now
 
         def change(quota: Quota) -> tuple[Quota, Quota]:
-            updated = observe(rolled(quota, now), reading, anchor, self._settings, reservation, rate_limited)
+            updated = observe(rolled(quota, now), reading, anchor, self._settings, reservation, rate_limited, answered)
             return updated, updated
 
         return await self._store.update(self.key_of(group), change)

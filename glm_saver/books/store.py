@@ -469,6 +469,8 @@ def redis_url(settings: GlmSaverSettings, config: Mapping[str, Any]) -> str:
         auth = f":{password}@" if password else ""
         return f"redis://{auth}{_resolve_env(str(host))}:{_resolve_env(str(port))}"
     if os.environ.get("REDIS_URL"):
+        if not is_redis_url(os.environ["REDIS_URL"]):
+            raise ConfigError("glm_saver.state: redis reads REDIS_URL, which must hold a redis://, rediss:// or unix:// URL")
         return os.environ["REDIS_URL"]
     if os.environ.get("REDIS_HOST") and os.environ.get("REDIS_PORT"):
         return f"redis://{os.environ['REDIS_HOST']}:{os.environ['REDIS_PORT']}"

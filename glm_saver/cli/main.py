@@ -29,12 +29,16 @@ def _messages_from_input(text: str | None) -> list[dict[str, Any]]:
 
 def _classify(args: argparse.Namespace) -> int:
     from glm_saver.classifier import build_classifier
+    from glm_saver.request import latest_ask
     from glm_saver.routing.tiers import build_tiers
 
     config = load_config_file(args.config) if args.config else {}
     settings = settings_from_config(config) if args.config else GlmSaverSettings()
     classifier = build_classifier(settings.classifier)
-    verdict = classifier.classify(_messages_from_input(args.text))
+    messages = _messages_from_input(args.text)
+    if not latest_ask(messages).strip():
+        raise SystemExit("glm-saver classify: there is no ask to classify (the text, or the latest user message, is empty)")
+    verdict = classifier.classify(messages)
     tier = build_tiers(settings, config, classifier).band(verdict).name
     if args.json:
         shown = asdict(verdict) if hasattr(verdict, "__dataclass_fields__") else vars(verdict)
@@ -48,12 +52,15 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from glm_saver.books.store import redis_url
     from glm_saver.classifier import build_classifier
     from glm_saver.routing.tiers import build_tiers
 
     config = load_config_file(args.path)
     settings = settings_from_config(config)
     tiers = build_tiers(settings, config, build_classifier(settings.classifier))
+    if settings.state == "redis":
+        redis_url(settings, config)  # where the proxy's start would fail on it (read from this environment)
     print(f"{args.path}: OK (strategy {settings.strategy}, entry models {', '.join(settings.entry_models)}, tiers {', '.join(tiers.names)})")
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from glm_saver.classifier import Classification
 from glm_saver.classifier.calibration import load_scores, threshold_for_share
-from glm_saver.deployments import Prices, api_key_configured, group_prices, group_takes_images, group_window
+from glm_saver.deployments import Prices, api_key_configured, group_max_output, group_prices, group_takes_images, group_window
 from glm_saver.settings import LOCAL_TIER, STRONGEST_TIER, ConfigError, GlmSaverSettings, TierSettings
 
 Route = str  # a tier's name
@@ -30,6 +30,7 @@ class Tier:
     group: str
     prices: Prices = field(default_factory=Prices)
     window: int | None = None  # max input tokens; None = unknown, assume it fits
+    max_output: int | None = None  # max output tokens (model_info); None = unknown, not capped
     configured: bool = True  # its API key is set (the local tier needs none)
     rank: int = 0  # 0 = local, the cheapest
     images: bool = False  # known to take image input (model_info.supports_vision)
@@ -165,6 +166,7 @@ def build_tiers(settings: GlmSaverSettings, config: Mapping[str, Any], classifie
             group,
             group_prices(config, group),
             group_window(config, group),
+            group_max_output(config, group),
             configured=rank == 0 or not config or api_key_configured(config, group),
             rank=rank,
             images=group_takes_images(config, group),

@@ -79,9 +79,22 @@ _Content = Annotated[
 ]
 
 
+# Roles whose message is nothing without its content (an assistant's may be only tool calls).
+_CONTENT_ROLES = frozenset({"system", "developer", "user"})
+
+
 class Message(_Checked):
     role: MessageRole
     content: _Content = None
+    tool_call_id: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _has_what_its_role_needs(self) -> Message:
+        if self.role in _CONTENT_ROLES and self.content is None:
+            raise ValueError(f"a {self.role} message needs its content")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
 
 def _not_empty(messages: list[Message]) -> list[Message]:

@@ -52,6 +52,24 @@ def test_complex_ask_is_answered_by_cerebras(client: openai.OpenAI, local_upstre
     assert len(cerebras_upstream.requests) == 1 and not local_upstream.requests
 
 
+def _local_max_output(proxy: Proxy) -> int:
+    (entry,) = [entry for entry in proxy.config["model_list"] if entry["model_name"] == "local"]
+    return int(entry["model_info"]["max_output_tokens"])
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_above_what_local_can_send_is_cut_to_its_max_output(proxy: Proxy, client: openai.OpenAI, local_upstream: FakeUpstream, name: str) -> None:
+    cap = _local_max_output(proxy)
+    headers, _, _ = chat(client, ask(SIMPLE), **{name: cap + 4000})
+    assert headers["x-glm-saver-route"] == "local"
+    assert local_upstream.requests[-1].body[name] == cap
+
+
+def test_max_tokens_within_what_local_can_send_is_passed_as_asked(proxy: Proxy, client: openai.OpenAI, local_upstream: FakeUpstream) -> None:
+    chat(client, ask(SIMPLE), max_tokens=_local_max_output(proxy) - 1)
+    assert local_upstream.requests[-1].body["max_tokens"] == _local_max_output(proxy) - 1
+
+
 def _reassembled_tool_calls(chunks: list[Any]) -> dict[int, dict[str, str]]:
     calls: dict[int, dict[str, str]] = {}
     for chunk in chunks:

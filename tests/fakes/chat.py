@@ -50,6 +50,14 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+# The refusals of a request as such (Cerebras' message, type and code), which no other model answers better.
+_CLIENT_ERRORS: dict[str, tuple[str, str, str]] = {
+    "400": ("Invalid request: max_tokens is too large.", "invalid_request_error", "invalid_request"),
+    "401": ("Wrong API Key", "invalid_request_error", "wrong_api_key"),
+    "403": ("This API key may not use this model.", "permission_denied_error", "permission_denied"),
+}
+
+
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload)
     return f"data: {data}\n\n".encode()
@@ -271,6 +279,8 @@ class _Exchange:
                 "token_quota_exceeded",
                 retry_after=int(fault.params.get("retry_after", 1)),
             )
+        if fault.mode in _CLIENT_ERRORS:
+            return await self._error(int(fault.mode), outcome, *_CLIENT_ERRORS[fault.mode])
         if fault.mode == "500":
             return await self._error(500, outcome, "Internal server error", "server_error", "internal_server_error")
         if fault.mode == "503":

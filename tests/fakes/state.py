@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Modes that replace the answer with an error; the others spoil an otherwise normal answer.
-ERROR_FAULTS = ("429", "500", "503", "not_json")
+ERROR_FAULTS = ("400", "401", "403", "429", "500", "503", "not_json")
 STREAM_FAULTS = ("reset_midstream", "no_done", "slow_first_byte")
 FAULT_MODES = ERROR_FAULTS + STREAM_FAULTS
 # Parameters each mode understands; anything else is a typo and is refused.
 FAULT_PARAMS: dict[str, set[str]] = {
+    "400": set(),
+    "401": set(),
+    "403": set(),
     "429": {"retry_after"},
     "500": set(),
     "503": set(),

@@ -46,6 +46,22 @@ def test_unknown_limits_admit_one_probe_at_a_time() -> None:
     assert first.admitted and not second.admitted and second.reason == "rate-limit-probe"
 
 
+def test_a_failure_that_reports_no_limits_leaves_the_next_call_the_probe() -> None:
+    quota, first = admit(Quota(), 1000, NOW, SETTINGS)
+    quota = observe(quota, HeaderReading(), NOW, SETTINGS, first.reservation, answered=False)
+    quota, probe = admit(quota, 1000, NOW, SETTINGS)
+    _, second = admit(quota, 1000, NOW, SETTINGS)
+    assert (quota.reserved_requests, probe.admitted, second.reason) == (1, True, "rate-limit-probe")
+
+
+def test_a_failure_that_reports_limits_makes_them_known() -> None:
+    quota, first = admit(Quota(), 1000, NOW, SETTINGS)
+    quota = observe(quota, reading(50_000), NOW, SETTINGS, first.reservation, answered=False)
+    quota, one = admit(quota, 1000, NOW, SETTINGS)
+    _, two = admit(quota, 1000, NOW, SETTINGS)
+    assert (one.admitted, two.admitted) == (True, True)
+
+
 def test_reservations_in_flight_count_against_the_remaining_budget() -> None:
     quota = known(50_000)
     quota, first = admit(quota, 20_000, NOW, SETTINGS)

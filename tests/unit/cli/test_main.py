@@ -28,6 +28,13 @@ def test_classify_reads_a_cline_request_body_from_stdin(monkeypatch, capsys) -> 
     assert set(verdict) == {"score", "label", "reasons"}
 
 
+@pytest.mark.parametrize("text", ["", "   "])
+def test_classify_says_there_is_no_ask_instead_of_scoring_nothing(text: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["classify", text])
+    assert "no ask to classify" in str(raised.value.code)
+
+
 def test_classify_uses_the_config_keywords(tmp_path, capsys) -> None:
     config = yaml.safe_load(SHIPPED_CONFIG.read_text())
     config["glm_saver"]["classifier"]["complexity_keywords"] = {"frobnicate": 5.0}
@@ -49,6 +56,22 @@ def test_check_config_names_the_bad_key(tmp_path, capsys) -> None:
     path.write_text(yaml.safe_dump(config))
     assert main(["check-config", str(path)]) == 2
     assert "glm_saver.strategy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("redis_env", [None, "http://cache.internal:6379"], ids=["no-url", "not-a-redis-url"])
+def test_check_config_fails_where_the_start_would_on_redis_without_a_usable_url(tmp_path, monkeypatch, capsys, redis_env) -> None:
+    for name in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    if redis_env:
+        monkeypatch.setenv("REDIS_URL", redis_env)
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["glm_saver"]["state"] = "redis"
+    path = tmp_path / "redis.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "glm_saver.state" in err and "REDIS_URL" in err
+    assert "cache.internal" not in err
 
 
 def test_unknown_command_is_a_usage_error() -> None:

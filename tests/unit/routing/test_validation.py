@@ -47,8 +47,24 @@ def test_well_formed_requests_pass(body: dict[str, Any]) -> None:
         ({"messages": ASK, "temperature": True}, "temperature", "valid number"),
         ({"messages": ASK, "max_tokens": 2.5}, "max_tokens", "valid integer"),
         ({"messages": ASK, "frequency_penalty": 3}, "frequency_penalty", "less than or equal to 2"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0]", "a user message needs its content"),
+        ({"messages": [{"role": "system"}, *ASK]}, "messages[0]", "a system message needs its content"),
+        ({"messages": [*ASK, {"role": "tool", "content": "ok"}]}, "messages[1]", "needs the tool_call_id"),
+        ({"messages": [*ASK, {"role": "tool", "content": "ok", "tool_call_id": 3}]}, "messages[1].tool_call_id", "valid string (got 3)"),
     ],
-    ids=["deep-part", "text-part-without-text", "content-an-object", "stop-item", "bool-temperature", "float-max-tokens", "penalty-range"],
+    ids=[
+        "deep-part",
+        "text-part-without-text",
+        "content-an-object",
+        "stop-item",
+        "bool-temperature",
+        "float-max-tokens",
+        "penalty-range",
+        "user-content-null",
+        "system-without-content",
+        "tool-without-call-id",
+        "tool-call-id-a-number",
+    ],
 )
 def test_a_problem_names_its_field_and_says_what_is_wrong(body: dict[str, Any], param: str, said: str) -> None:
     problem = request_problem(body)
