@@ -219,11 +219,6 @@ def resting(quota: Quota, now: float, model: str = STRONGEST_TIER) -> Admission 
     return None
 
 
-def exhausted(quota: Quota, now: float) -> bool:
-    """Known to refuse any request right now (a 429 window, or the day's requests spent)."""
-    return resting(quota, now) is not None
-
-
 def describe(quota: Quota, now: float) -> dict[str, Any]:
     """The quota as /stats shows it (seconds until resets rather than epoch times)."""
     quota = rolled(quota, now)
@@ -295,9 +290,6 @@ class CloudHeadroom:
     async def release(self, reservation: Reservation) -> None:
         now = self._clock()
         await self._store.update(reservation.key or self._key, lambda quota: (release(quota, reservation, now), None))
-
-    async def exhausted(self, group: str | None = None) -> bool:
-        return exhausted(await self._store.read(self.key_of(group)), self._clock())
 
     async def resting(self, group: str | None = None) -> Admission | None:
         key = self.key_of(group)

@@ -114,8 +114,8 @@ def server_command(layout: Layout, options: ServeOptions) -> list[str]:
         "--ctx-size", str(options.slot_context * options.parallel),
         "--jinja",
         # The default max_tokens: without it an answer runs until the slot's context is full (a base
-        # model rarely stops by itself: 12 minutes of one slot here), also for a client gone. A
-        # request's own larger max_tokens is not cut by the server.
+        # model rarely stops by itself: 12 minutes of one slot here), also for a client gone. The
+        # server does not cut a request's own larger max_tokens; the plugin does (max_output_tokens).
         "--n-predict", str(options.max_output_tokens),
         # The prompt cache otherwise grows to 8 GiB of RAM; a few Cline prefixes fit in this.
         "--cache-ram", str(PROMPT_CACHE_MIB),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from glm_saver.books.headroom import CloudHeadroom, HeaderReading, Quota, admit, exhausted, observe, rolled
+from glm_saver.books.headroom import CloudHeadroom, HeaderReading, Quota, admit, observe, resting, rolled
 from glm_saver.books.store import MemoryStore
 from glm_saver.settings import RateLimitSettings
 
@@ -107,7 +107,7 @@ def test_429_rests_cerebras_for_retry_after() -> None:
     quota = observe(known(50_000), reading(0, retry_after=7), NOW, SETTINGS, rate_limited=True)
     _, refused = admit(quota, 10, NOW + 6.9, SETTINGS)
     assert (refused.admitted, refused.reason, quota.rate_limited) == (False, "rate-limit-429", 1)
-    assert exhausted(quota, NOW + 6.9) and not exhausted(quota, NOW + 7.1)
+    assert resting(quota, NOW + 6.9) is not None and resting(quota, NOW + 7.1) is None
 
 
 def test_429_without_headers_rests_for_the_default() -> None:
