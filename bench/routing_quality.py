@@ -5,12 +5,13 @@
 Each source is held out in turn. The new router is refitted by training/train_scorer.py on the
 other shippable sources only (ridge, blend and kind weight chosen by leave-one-source-out among
 *those*), never tuned on the held-out one; then every router ranks the held-out asks:
-- MMLU with per-model correctness (test split; Mixtral local, GPT-4 cloud);
+- MMLU with per-model correctness (test split; Mixtral local, GPT-4 cloud; without the questions
+  whose options are all numbers, whose labels record an answer-extraction failure);
 - mmlu-math: MMLU's mathematics, statistics and physics subjects (training/datasets.py
-  MATH_SUBJECTS, every split: often word problems with correctness labels, the proxy for GSM8K-like
-  traffic); the router is refitted on every shippable source with these subjects taken out of MMLU
-  (so it is held out from MMLU as a whole only in the "mmlu" row, and from math in this one). A
-  rough proxy: the question's length ranks these the wrong way (training/README.md, round 6);
+  MATH_SUBJECTS, every split); the router is refitted on every shippable source with these
+  subjects taken out of MMLU (so it is held out from MMLU as a whole only in the "mmlu" row, and
+  from math in this one). Without the numeric-answer questions these are mostly conceptual, not
+  word problems (training/README.md, round 7);
 - Arena-Hard judge preferences (all 500 prompts; GPT-4-0314 vs five weaker models, GPT-4 Turbo judge);
 - AlpacaEval judge preferences (all 800 prompts; CC BY-NC, so evaluation only: the router held out
   from it is the shipped one, fitted on the three other sources);

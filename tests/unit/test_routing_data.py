@@ -1,10 +1,11 @@
-"""The labelled coding asks follow their rubric, the splits hold out, and APGR measures what it says."""
+"""The labelled coding asks follow their rubric, the splits hold out, numeric-answer MMLU questions are
+known, and APGR measures what it says."""
 
 import random
 
 import pytest
 
-from training.datasets import CODING_SPLIT, Item, coding, split_of
+from training.datasets import CODING_SPLIT, Item, coding, numeric_answer, split_of
 from training.metrics import curve
 
 
@@ -25,6 +26,12 @@ def test_split_depends_only_on_the_text() -> None:
     assert split_of("rename foo to bar", CODING_SPLIT) == split_of("rename foo to bar", CODING_SPLIT)
     splits = {split_of(f"ask {i}", CODING_SPLIT) for i in range(200)}
     assert splits == {"train", "val", "test"}
+
+
+def test_a_question_is_numeric_only_when_all_four_options_are_numbers() -> None:
+    assert numeric_answer("What is 3 x 4?\nA. 7\nB. 12\nC. $1.50\nD. \u22122\nAnswer:")
+    assert not numeric_answer("When did it end?\nA. 1918\nB. 1945\nC. never\nD. 1815\nAnswer:")
+    assert not numeric_answer("What is 3 x 4? 12 or 7?")
 
 
 def _items(gains: list[int]) -> list[Item]:
