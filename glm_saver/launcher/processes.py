@@ -66,6 +66,11 @@ class Child:
         self._signal_group(signal.SIGKILL)
         self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the child's process group now."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait()
+
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
@@ -112,6 +117,7 @@ class Supervisor:
     """The children of one command, stopped in reverse start order."""
 
     children: list[Child] = field(default_factory=list)
+    stop_timeout: float = STOP_TIMEOUT
 
     def add(self, child: Child) -> Child:
         self.children.append(child)
@@ -128,11 +134,32 @@ class Supervisor:
                 return exited
             time.sleep(0.5)
 
-    def stop_all(self) -> None:
-        # A Ctrl-C now must not abort the clean-up half way and leave a child behind.
-        with _signals(signal.SIG_IGN):
-            for child in reversed(self.children):
-                child.stop()
+    def stop_all(self) -> bool:
+        """Stop every child, each given STOP_TIMEOUT to finish (a proxy its requests in flight).
+
+        A Ctrl-C (or SIGTERM) while waiting cuts the wait short: every child left is killed at once,
+        and True is returned. No signal can abort the clean-up half way and leave a child behind.
+        """
+        try:
+            with _signals(_raise_forced):
+                for child in reversed(self.children):
+                    child.stop(self.stop_timeout)
+        except _Forced:
+            with _signals(signal.SIG_IGN):
+                for child in self.children:
+                    child.kill()
+            return True
+        return False
+
+
+class _Forced(Exception):
+    """A second signal while the children are stopping: stop waiting for them."""
+
+
+def _raise_forced(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Forced
 
 
 class Stopped(Exception):

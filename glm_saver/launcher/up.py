@@ -9,7 +9,8 @@
    <cache>/run/<port>/ with the config's hooks/ beside it (LiteLLM loads the plugin shim relative
    to the config), differs only in the local group's model, api_base and window.
 3. `litellm --config ...` starts; once both answer, "ready" and what to put into Cline are
-   printed. Ctrl-C or SIGTERM stops the proxy, then the model; nothing is left running.
+   printed. Ctrl-C or SIGTERM stops the proxy (its requests in flight get up to 20 s; a second
+   Ctrl-C stops at once), then the model; nothing is left running.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import yaml
 from glm_saver.deployments import api_key_configured
 from glm_saver.launcher.local_model import Layout
 from glm_saver.launcher.local_server import ServeOptions, server_command, start_server
-from glm_saver.launcher.processes import ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
+from glm_saver.launcher.processes import STOP_TIMEOUT, ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
 from glm_saver.settings import GlmSaverSettings, load_config_file, settings_from_config
 
 PROXY_START_TIMEOUT = 240.0
@@ -180,7 +181,7 @@ def _run(options: UpOptions, config: dict[str, Any], settings: GlmSaverSettings,
         exited = supervisor.watch()
         raise exited.failure(f"exited with code {exited.process.returncode}")
     except Stopped:
-        print("\nstopping ...", flush=True)
+        print(f"\nstopping (requests in flight get up to {STOP_TIMEOUT:.0f} s; Ctrl-C again stops at once) ...", flush=True)
         return 0
     except ChildFailed as err:
         print(f"glm-saver up: {err}", file=sys.stderr, flush=True)
