@@ -119,6 +119,7 @@ def litellm_executable() -> str:
 
 def _start_embedded(options: UpOptions, supervisor: Supervisor) -> LocalModel:
     server_command(options.layout, options.serve)  # fails early, before any port check, if not installed
+    check_proxy_port(options.port)  # before the model starts: the proxy would not
     if port_in_use(options.serve.port):
         raise ChildFailed(f"port {options.serve.port} is already in use; pick another with --local-port")
     print(f"starting the local model {options.serve.alias} on {options.serve.base_url} ({options.serve.server_name}) ...", flush=True)
@@ -126,9 +127,17 @@ def _start_embedded(options: UpOptions, supervisor: Supervisor) -> LocalModel:
     return LocalModel(options.serve.base_url, options.serve.alias, embedded=True)
 
 
+def check_proxy_port(port: int) -> None:
+    """Before anything starts: a port taken by a proxy is most often `up` still running elsewhere."""
+    if not port_in_use(port):
+        return
+    if answers(f"http://127.0.0.1:{port}/health/liveliness"):
+        raise ChildFailed(f"a LiteLLM proxy already answers on port {port} (glm-saver up in another terminal?): stop it, or pick another port with --port")
+    raise ChildFailed(f"port {port} is already in use; pick another with --port")
+
+
 def _start_proxy(options: UpOptions, config_path: Path, key: str, supervisor: Supervisor) -> None:
-    if port_in_use(options.port):
-        raise ChildFailed(f"port {options.port} is already in use; pick another with --port")
+    check_proxy_port(options.port)
     print(f"starting the proxy on http://127.0.0.1:{options.port} ...", flush=True)
     env = {**os.environ, "LITELLM_MASTER_KEY": key, "GLM_SAVER_CONFIG": str(config_path), "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
     command = [litellm_executable(), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(options.port)]

@@ -294,11 +294,11 @@ def up_workspace(tmp_path: Path) -> tuple[Path, Path]:
     return workspace, cache
 
 
-def _launch_up(workspace: Path, cache: Path, output_path: Path) -> subprocess.Popen[bytes]:
+def _launch_up(workspace: Path, cache: Path, output_path: Path, port: int | None = None) -> subprocess.Popen[bytes]:
     """`glm-saver up` as a newcomer runs it: in the project directory, no Cerebras or master key."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("CEREBRAS_", "LITELLM_", "OPENAI_"))}
     env["GLM_SAVER_CACHE_DIR"] = str(cache)
-    command = [sys.executable, "-m", "glm_saver.cli", "up", "--port", str(free_port()), "--local-port", str(free_port())]
+    command = [sys.executable, "-m", "glm_saver.cli", "up", "--port", str(port or free_port()), "--local-port", str(free_port())]
     with output_path.open("wb") as output:
         return subprocess.Popen(command, cwd=workspace, env=env, stdout=output, stderr=subprocess.STDOUT)
 
@@ -339,6 +339,16 @@ def test_up_answers_a_request_and_sigint_leaves_no_process_behind(up_workspace: 
         assert left_behind == []
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base_url.removesuffix('/v1')}/health/liveliness", timeout=2)
+
+
+def test_up_on_the_port_of_a_running_proxy_says_so_and_starts_no_model(up_workspace: tuple[Path, Path], tmp_path: Path, embedded_proxy: Proxy) -> None:
+    """Run a second time by mistake (the first still serving in another terminal)."""
+    workspace, cache = up_workspace
+    up = _launch_up(workspace, cache, tmp_path / "up.out", port=embedded_proxy.port)
+    assert up.wait(timeout=120) == 1
+    printed = (tmp_path / "up.out").read_text()
+    assert f"a LiteLLM proxy already answers on port {embedded_proxy.port}" in printed
+    assert "starting the local model" not in printed
 
 
 def test_up_uses_a_local_server_that_already_answers(up_workspace: tuple[Path, Path], tmp_path: Path, local_upstream: FakeUpstream) -> None:
