@@ -379,7 +379,8 @@ class GlmSaver(CustomLogger):
     ) -> AsyncIterator[Any]:
         """A draft committed on its prefix streams here, in place of the placeholder LiteLLM holds;
         a stream from Cerebras that reasoning left empty ends with an error, not as an empty answer
-        (the chunks already sent cannot be taken back to retry); every other stream passes untouched."""
+        (the chunks already sent cannot be taken back to retry); every other stream passes untouched,
+        and one that breaks gives back what its call held."""
         metadata = request_data.get("metadata") or {}
         live = self.live.claim(metadata.get(LIVE_KEY))
         group = metadata.get("model_group") or request_data.get("model")
