@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.held import DEADLINE, failures, grew, settled
 from tests.e2e.polling import poll
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 
 SIMPLE = "hello, what is a tuple?"  # the plan sends it local; local's 500 sends it to Cerebras
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
-DEADLINE = 20.0  # seconds a polled condition may take on a busy 2-core machine
 REPLY = "Hello from breaking."  # what the fake Cerebras answers, in full
 
 
@@ -74,29 +74,6 @@ def ask(proxy: Proxy, *, route: str | None = None) -> tuple[httpx.Response, list
 def text_of(events: list[Any]) -> str:
     chunks = [event for event in events if isinstance(event, dict) and "choices" in event]
     return "".join(choice["delta"].get("content") or "" for chunk in chunks for choice in chunk["choices"])
-
-
-def stats(proxy: Proxy) -> dict[str, Any]:
-    return httpx.get(f"{proxy.url}/stats", headers=ADMIN, timeout=10).json()
-
-
-def held(snapshot: dict[str, Any]) -> tuple[int, int, float]:
-    """What is in flight on Cerebras: requests, reserved tokens, and the budget's hold in USD."""
-    headroom = snapshot["cerebras_headroom"]
-    return headroom["requests_in_flight"], headroom["reserved_tokens_in_flight"], snapshot["books"]["budgets"]["global"]["held_usd"]
-
-
-def settled(proxy: Proxy) -> dict[str, Any]:
-    """/stats once nothing is held for Cerebras any more."""
-    return poll(lambda: (lambda s: s if held(s) == (0, 0, 0.0) else None)(stats(proxy)), "nothing held for cerebras", DEADLINE)
-
-
-def failures(proxy: Proxy) -> dict[str, int]:
-    return dict(stats(proxy)["upstream_failures"])
-
-
-def grew(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: count - before.get(name, 0) for name, count in after.items() if count != before.get(name, 0)}
 
 
 def cerebras_failures(grown: dict[str, int]) -> dict[str, int]:
