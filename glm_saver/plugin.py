@@ -379,7 +379,8 @@ class GlmSaver(CustomLogger):
     ) -> AsyncIterator[Any]:
         """A draft committed on its prefix streams here, in place of the placeholder LiteLLM holds;
         a stream from Cerebras that reasoning left empty ends with an error, not as an empty answer
-        (the chunks already sent cannot be taken back to retry); every other stream passes untouched."""
+        (the chunks already sent cannot be taken back to retry); every other stream passes untouched,
+        and one that breaks gives back what its call held."""
         metadata = request_data.get("metadata") or {}
         live = self.live.claim(metadata.get(LIVE_KEY))
         group = metadata.get("model_group") or request_data.get("model")
@@ -387,11 +388,24 @@ class GlmSaver(CustomLogger):
             include_usage = bool((request_data.get("stream_options") or {}).get("include_usage"))
             stream = stream_live(live, response, metadata, include_usage, self.settings.speculative.keepalive_seconds)
         elif group in self._cloud_groups:
-            stream = guard_stream(response, str(group))
+            stream = guard_stream(self._settled_if_broken(response, request_data), str(group))
         else:
-            stream = response
+            stream = self._settled_if_broken(response, request_data)
         async for item in stream:
             yield item
+
+    async def _settled_if_broken(self, response: AsyncIterator[Any], request_data: Mapping[str, Any]) -> AsyncIterator[Any]:
+        """A stream that breaks after it reached the client has no deployment failure hook, and on a
+        fallback hop no log event either (LiteLLM logs a request's first failure only): its failure
+        is settled here, unless the log event settled it first (the failed call's mark)."""
+        try:
+            async for chunk in response:
+                yield chunk
+        except Exception as err:
+            metadata = _call_metadata(request_data)
+            if metadata is not None and _claim_failure(metadata):
+                await self._settle_failure(failure_of(metadata, err))
+            raise
 
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         record = read_success(kwargs, response_obj)
@@ -439,8 +453,8 @@ class GlmSaver(CustomLogger):
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        if metadata.get(FAILED_KEY) == _attempt(metadata):
-            return  # settled by the deployment failure hook
+        if not _claim_failure(metadata):
+            return  # settled by the deployment failure hook, or as a broken stream
         await self._settle_failure(read_failure(kwargs))
 
     async def _settle_failure(self, record: CallRecord) -> None:
@@ -568,6 +582,24 @@ def _attempt(metadata: Mapping[str, Any]) -> str:
     """Which call of a request the metadata is of: its group and fallback hop (a hop's metadata is
     a copy of the one before it, a mark included)."""
     return f"{metadata.get('model_group')}#{metadata.get('attempted_fallbacks') or 0}"
+
+
+def _claim_failure(metadata: dict[str, Any]) -> bool:
+    """Mark the call's failure as settled here; False if it already was. No await between the look
+    and the mark: a broken stream's log event and its iterator may both try, only one settles."""
+    if metadata.get(FAILED_KEY) == _attempt(metadata):
+        return False
+    metadata[FAILED_KEY] = _attempt(metadata)
+    return True
+
+
+def _call_metadata(request_data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The metadata of the call a stream comes from: LiteLLM's logging object of the request holds
+    the latest hop's (the request's own metadata is the first hop's)."""
+    details = getattr(request_data.get("litellm_logging_obj"), "model_call_details", None)
+    params = details.get("litellm_params") if isinstance(details, Mapping) else None
+    metadata = params.get("metadata") if isinstance(params, Mapping) else None
+    return metadata if isinstance(metadata, dict) else None
 
 
 def _ticketed(request_kwargs: Mapping[str, Any] | None, group: str) -> bool:

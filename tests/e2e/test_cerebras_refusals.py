@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.e2e.held import DEADLINE, failures, grew, held, settled, stats
 from tests.e2e.polling import poll
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
 
 SIMPLE = "hello, what is a tuple?"  # the plan sends it local; local's 500 sends it to Cerebras
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
-DEADLINE = 20.0  # seconds a polled condition may take on a busy 2-core machine
 REFUSALS = ["401", "403", "400"]
 MODES = [False, True]
 
@@ -69,35 +68,12 @@ def ask(proxy: Proxy, *, route: str | None = None, stream: bool = False) -> http
     return response
 
 
-def stats(proxy: Proxy) -> dict[str, Any]:
-    return httpx.get(f"{proxy.url}/stats", headers=ADMIN, timeout=10).json()
-
-
-def held(snapshot: dict[str, Any]) -> tuple[int, int, float]:
-    """What is in flight on Cerebras: requests, reserved tokens, and the budget's hold in USD."""
-    headroom = snapshot["cerebras_headroom"]
-    return headroom["requests_in_flight"], headroom["reserved_tokens_in_flight"], snapshot["books"]["budgets"]["global"]["held_usd"]
-
-
-def settled(proxy: Proxy) -> dict[str, Any]:
-    """/stats once nothing is held for Cerebras any more."""
-    return poll(lambda: (lambda s: s if held(s) == (0, 0, 0.0) else None)(stats(proxy)), "nothing held for cerebras", DEADLINE)
-
-
-def failures(proxy: Proxy) -> dict[str, int]:
-    return dict(stats(proxy)["upstream_failures"])
-
-
 def refuse(upstream: FakeUpstream, status: str) -> None:
     """The next call is refused with `status`: a 401 is what a wrong key gets (no rate-limit headers)."""
     if status == "401":
         upstream.configure(api_key="csk-the-right-one-000000")
     else:
         upstream.inject(status)
-
-
-def grew(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: count - before.get(name, 0) for name, count in after.items() if count != before.get(name, 0)}
 
 
 def failure_warnings(proxy: Proxy, status: str) -> list[str]:
