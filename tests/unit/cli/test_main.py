@@ -98,6 +98,7 @@ def test_check_config_fails_where_the_start_would_on_redis_without_a_usable_url(
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "glm_saver.state" in err and "REDIS_URL" in err
+    assert redis_env or "REDIS_HOST and REDIS_PORT" in err  # every place the start would read it from
     assert "cache.internal" not in err
 
 
