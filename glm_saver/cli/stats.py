@@ -43,7 +43,7 @@ COUNTER_TABLES = (
     ("rate_limit_shifts", "Rate-limit shifts to local"),
 )
 MAX_CELL_ENTRIES = 4  # a mapping with more entries (a tier's headroom) gets its own table
-TIME_COLUMNS = frozenset({"minute", "time"})  # epoch seconds, shown as UTC
+TIME_COLUMNS = frozenset({"minute", "time", "since"})  # epoch seconds, shown as UTC
 HEADER_FIELDS = ("strategy", "cerebras_configured", "uptime_seconds", "requests_routed", "cerebras_429s", "plugin_errors")
 
 
@@ -129,7 +129,7 @@ def _counter_table(title: str, counts: Mapping[str, Any]) -> str | None:
 
 def _key_values(title: str, values: Mapping[str, Any]) -> str | None:
     """Scalars as `name  value` rows; nested mappings of mappings and lists of records become their own tables."""
-    rows = [[str(name).replace("_", " "), fmt(value)] for name, value in values.items() if not _is_table(value) and not _is_records(value)]
+    rows = [[str(name).replace("_", " "), _cell(name, value)] for name, value in values.items() if not _is_table(value) and not _is_records(value)]
     parts: list[str | None] = [table(title, ["", ""], rows)] if rows else []
     for name, value in values.items():
         if _is_table(value) or _is_records(value):

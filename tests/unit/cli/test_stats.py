@@ -104,8 +104,10 @@ def test_tiers_history_and_recent_decisions_are_tables_with_a_row_each() -> None
             ],
             "history": {"window_minutes": 1440, "series": [{"minute": 1764633600, "requests": 3, "by_route": {"local": 2, "cerebras": 1}}]},
             "recent_decisions": [{"time": 1764633655.2, "key": "alice", "route": "cerebras"}, {"time": 1764633600, "key": "ci", "route": "local"}],
+            "store": {"kind": "sqlite", "ok": True, "since": 1764633600.5},
         }
     )
+    assert _row(text, "Store", "since") == ["since", "2025-12-02", "00:00:00"]
     assert _section(text, "Tiers")[0].split() == ["name", "requests", "price", "per", "m"]
     assert _row(text, "Tiers", "cerebras") == ["cerebras", "5", "input=2.25,", "output=2.75"]
     assert _row(text, "Tiers: cerebras headroom", "rate") == ["rate", "limited", "seen", "2"]
