@@ -31,7 +31,8 @@ def openai_refusal(body: bytes) -> bytes:
     if isinstance(said, dict) and "error" in said:
         return body
     reason = str(said).removeprefix(_PREFIX).split(_ADVICE, 1)[0].strip() or "Authentication Error"
-    error = {"message": f"{reason} (/metrics needs the master key)", "type": "auth_error", "param": "api_key", "code": "401"}
+    message = reason if "master key" in reason else f"{reason} (/metrics needs the master key)"  # a client key's reason says so already
+    error = {"message": message, "type": "auth_error", "param": "api_key", "code": "401"}
     return json.dumps({"error": error}).encode()
 
 

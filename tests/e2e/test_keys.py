@@ -97,7 +97,7 @@ def test_metrics_refuse_all_but_the_master_key_with_401_in_openais_error_shape(k
     response = httpx.get(f"{keyed_proxy.url}/metrics", headers=headers, timeout=10, follow_redirects=True)
     error = _error(response)
     assert (response.status_code, error["type"], error["code"]) == (401, "auth_error", "401")
-    assert "master key" in error["message"]
+    assert error["message"].count("master key") == 1
     assert "require_auth_for_metrics_endpoint" not in response.text  # no advice to switch the auth off
     assert key is None or key not in response.text
 
