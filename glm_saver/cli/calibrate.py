@@ -41,7 +41,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         "cloud_share_at_current_threshold": round(cloud_share(scores, current), 4),
         "thresholds": {f"{share:.0%}": threshold_for_share(scores, share) for share in TABLE_SHARES},
         # With tier bands the classifier's threshold only labels an ask: the first paid tier's bound routes it.
-        "sets": f"glm_saver.tiers[1].threshold ({glm.tier_groups[1]})" if boundary is not None else "glm_saver.classifier.threshold",
+        "sets": _what_sets_it(glm) if boundary is not None else "glm_saver.classifier.threshold",
     }
     print(json.dumps(result) if args.json else _describe(args.file, result, glm if boundary is not None else None))
     return 0
@@ -55,6 +55,12 @@ def _cloud_boundary(glm: GlmSaverSettings, config: dict[str, Any], classifier: A
 
     bands = build_tiers(glm, config, classifier).thresholds
     return bands[0] if bands else None
+
+
+def _what_sets_it(glm: GlmSaverSettings) -> str:
+    if any(tier.target_share is not None for tier in glm.tiers or []):
+        return f"glm_saver.tiers[0].target_share ({glm.tier_groups[0]}: 1 - the cloud share)"
+    return f"glm_saver.tiers[1].threshold ({glm.tier_groups[1]})"
 
 
 def _describe(path: str, result: dict[str, Any], banded: GlmSaverSettings | None) -> str:

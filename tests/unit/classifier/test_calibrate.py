@@ -145,7 +145,9 @@ def test_calibrate_with_tier_shares_asks_for_shares(tmp_path: Path, capsys) -> N
     assert main(["calibrate", str(path), "--config", str(config_path), "--target-cloud-share", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "give local target_share: 0.7" in out and "sum to 0.3" in out
-    assert "threshold: " not in out.split("put under", 1)[-1].split("the config's tiers", 1)[-1]
+    assert main(["calibrate", str(path), "--config", str(config_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sets"] == "glm_saver.tiers[0].target_share (local: 1 - the cloud share)"
+    assert "threshold: " not in out.split("the config's tiers", 1)[1]  # no threshold to mix with the shares
 
 
 def test_calibrate_command_reports_a_bad_file_without_a_traceback(tmp_path: Path, capsys) -> None:
