@@ -98,7 +98,9 @@ def install_routes(plugin: StateSource) -> None:
     app.router.routes[:] = [*ours, *kept]
     from glm_saver.layers.body_guard import NonObjectBodyGuard
     from glm_saver.layers.keepalive import KeepAliveLayer
+    from glm_saver.layers.metrics_refusal import MetricsRefusalLayer
     from glm_saver.layers.stack import install_layer
 
     install_layer(app, KeepAliveLayer)
     install_layer(app, NonObjectBodyGuard)  # outside the keep-alive layer: a body it refuses never gets a wire
+    install_layer(app, MetricsRefusalLayer)

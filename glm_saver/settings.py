@@ -365,10 +365,14 @@ class GlmSaverSettings(_Strict):
     def _one_entry_per_key(cls, keys: list[ApiKeySettings]) -> list[ApiKeySettings]:
         # Else the key is the last entry's alone: the other entry's budget and models silently never apply.
         first: dict[str, str] = {}
+        budgets: dict[str, BudgetSettings] = {}
         for entry in keys:
             if entry.key_sha256 in first:
                 raise ValueError(f"{entry.alias} has the same key_sha256 as {first[entry.key_sha256]}: one key, one entry")
             first[entry.key_sha256] = entry.alias
+            # Budgets are kept per alias: of two different ones under one alias, one would silently never apply.
+            if entry.budget is not None and budgets.setdefault(entry.alias, entry.budget) != entry.budget:
+                raise ValueError(f"the keys named {entry.alias} set different budgets: keys sharing an alias share one budget, so set it once")
         return keys
 
     @field_validator("redis_url")

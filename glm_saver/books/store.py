@@ -474,7 +474,7 @@ def redis_url(settings: GlmSaverSettings, config: Mapping[str, Any]) -> str:
         return os.environ["REDIS_URL"]
     if os.environ.get("REDIS_HOST") and os.environ.get("REDIS_PORT"):
         return f"redis://{os.environ['REDIS_HOST']}:{os.environ['REDIS_PORT']}"
-    raise ConfigError("glm_saver.state: redis needs glm_saver.redis_url, router_settings.redis_host/redis_port or REDIS_URL")
+    raise ConfigError("glm_saver.state: redis needs glm_saver.redis_url, router_settings.redis_host/redis_port, REDIS_URL or REDIS_HOST and REDIS_PORT")
 
 
 def build_store(model: type[M], settings: GlmSaverSettings, config: Mapping[str, Any], namespace: str, sqlite_path: Path | None = None) -> Store[M]:

@@ -7,9 +7,12 @@ import json
 import os
 import sys
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
+
+if TYPE_CHECKING:
+    from glm_saver.routing.tiers import Tiers
 
 
 def _messages_from_input(text: str | None) -> list[dict[str, Any]]:
@@ -39,16 +42,24 @@ def _classify(args: argparse.Namespace) -> int:
     if not latest_ask(messages).strip():
         raise SystemExit("glm-saver classify: there is no ask to classify (the text, or the latest user message, is empty)")
     verdict = classifier.classify(messages)
-    tier = build_tiers(settings, config, classifier).band(verdict).name
+    tiers = build_tiers(settings, config, classifier)
+    tier = tiers.band(verdict).name
     if args.json:
         shown = asdict(verdict) if hasattr(verdict, "__dataclass_fields__") else vars(verdict)
         print(json.dumps({**shown, "tier": tier} if args.config else shown))
     else:
-        threshold = getattr(classifier, "threshold", settings.classifier.threshold)
-        print(f"{verdict.label}  score={verdict.score:.3f}  (threshold {threshold})  tier {tier}")
+        print(f"{verdict.label}  score={verdict.score:.3f}  ({_split(tiers, classifier, settings)})  tier {tier}")
         for reason in verdict.reasons:
             print(f"  - {reason}")
     return 0
+
+
+def _split(tiers: Tiers, classifier: Any, settings: GlmSaverSettings) -> str:
+    """What picks the tier: the bands when the tiers have them (the classifier's threshold then only labels the ask)."""
+    if tiers.thresholds is None:
+        return f"threshold {getattr(classifier, 'threshold', settings.classifier.threshold)}"
+    bounds = [f"{bound:g}" for bound in tiers.thresholds]
+    return "bands " + " ".join(f"{name} < {bound} <=" for name, bound in zip(tiers.names, bounds, strict=False)) + f" {tiers.names[-1]}"
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -104,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"glm-saver: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader left (`glm-saver classify ... | head -1`): the rest goes nowhere, not a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ COUNTER_TABLES = (
     ("rejected", "Rejected"),
     ("rate_limit_shifts", "Rate-limit shifts to local"),
 )
+MAX_CELL_ENTRIES = 4  # a mapping with more entries (a tier's headroom) gets its own table
+TIME_COLUMNS = frozenset({"minute", "time", "since"})  # epoch seconds, shown as UTC
 HEADER_FIELDS = ("strategy", "cerebras_configured", "uptime_seconds", "requests_routed", "cerebras_429s", "plugin_errors")
 
 
@@ -125,17 +128,49 @@ def _counter_table(title: str, counts: Mapping[str, Any]) -> str | None:
 
 
 def _key_values(title: str, values: Mapping[str, Any]) -> str | None:
-    """Scalars as `name  value` rows; nested mappings of mappings become their own tables."""
-    rows = [[str(name).replace("_", " "), fmt(value)] for name, value in values.items() if not _is_table(value)]
+    """Scalars as `name  value` rows; nested mappings of mappings and lists of records become their own tables."""
+    rows = [[str(name).replace("_", " "), _cell(name, value)] for name, value in values.items() if not _is_table(value) and not _is_records(value)]
     parts: list[str | None] = [table(title, ["", ""], rows)] if rows else []
     for name, value in values.items():
-        if _is_table(value):
+        if _is_table(value) or _is_records(value):
             parts.append(_generic(f"{title}: {name}", value))
     return "\n\n".join(part for part in parts if part) or None
 
 
 def _is_table(value: Any) -> bool:
     return isinstance(value, Mapping) and bool(value) and all(isinstance(v, Mapping) for v in value.values())
+
+
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, Mapping) for item in value)
+
+
+def _fits_a_cell(value: Any) -> bool:
+    """A scalar, a list of scalars, or a small mapping of scalars (`local=2, cerebras=1`)."""
+    if isinstance(value, Mapping):
+        return len(value) <= MAX_CELL_ENTRIES and not any(isinstance(v, (Mapping, list)) for v in value.values())
+    if isinstance(value, list):
+        return not any(isinstance(v, (Mapping, list)) for v in value)
+    return True
+
+
+def _cell(name: str, value: Any) -> str:
+    if name in TIME_COLUMNS and _number(value):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+    return fmt(value)
+
+
+def _records(title: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """A list of records (tiers, history buckets, decisions) as one table, a row each; a record's larger
+    mappings (a tier's headroom) follow as their own tables, named by the record's first value."""
+    keys = list(dict.fromkeys(k for record in records for k in record))
+    columns = [k for k in keys if all(_fits_a_cell(record[k]) for record in records if k in record)]
+    rows = [[_cell(k, record.get(k)) for k in columns] for record in records]
+    parts = [table(title, [k.replace("_", " ") for k in columns], rows)]
+    for record in records:
+        label = fmt(next(iter(record.values()), ""))
+        parts += [_generic(f"{title}: {label} {k.replace('_', ' ')}", v) or "" for k, v in record.items() if k not in columns and v is not None]
+    return "\n\n".join(part for part in parts if part)
 
 
 def _generic(title: str, value: Any) -> str | None:
@@ -152,6 +187,8 @@ def _generic(title: str, value: Any) -> str | None:
         if all(_number(v) for v in value.values()):
             return _counter_table(title, value)
         return _key_values(title, value)
+    if _is_records(value):
+        return _records(title, value)
     return f"{title}: {fmt(value)}"
 
 

@@ -72,9 +72,19 @@ class Plan:
         return self.label or self.route
 
 
+class ClientError(ProxyException):
+    """A 400 whose body's `code` is OpenAI's (`context_length_exceeded`): LiteLLM's own to_dict puts
+    the status there and drops `openai_code`; the status still comes from `code`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = super().to_dict()
+        body["code"] = str(self.openai_code)
+        return body
+
+
 def client_error(message: str, param: str | None = None, code: str | None = None) -> ProxyException:
-    """A 400 in OpenAI's error shape (LiteLLM renders ProxyException as-is)."""
-    return ProxyException(message=message, type="invalid_request_error", param=param, code=400, openai_code=code)
+    """A 400 in OpenAI's error shape (LiteLLM renders ProxyException as-is), with OpenAI's `code` when one names the problem."""
+    return ClientError(message=message, type="invalid_request_error", param=param, code=400, openai_code=code)
 
 
 def _cloud_busy_error(refusal: Refusal, images: bool) -> ProxyException:

@@ -99,6 +99,7 @@ def test_a_10_mb_prompt_is_a_400_context_length_exceeded_without_an_upstream_cal
     assert response.status_code == 400
     error = error_of(response)
     assert error["param"] == "messages" and "context window" in error["message"]
+    assert error["code"] == "context_length_exceeded"  # OpenAI's code, which clients match on
     assert local_upstream.requests == [] and cerebras_upstream.requests == []
     assert huge[:200] not in response.text  # the prompt is not echoed back
 

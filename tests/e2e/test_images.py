@@ -34,7 +34,7 @@ def assert_images_refused(error: openai.APIStatusError) -> None:
     assert error.status_code == 400
     body = error.response.json()["error"]
     assert {"message", "type", "param", "code"} <= set(body), body
-    assert (body["type"], body["param"]) == ("invalid_request_error", "messages")
+    assert (body["type"], body["param"], body["code"]) == ("invalid_request_error", "messages", "image_input_not_supported")
     assert "images" in body["message"] and "supports_vision" in body["message"], body["message"]
 
 

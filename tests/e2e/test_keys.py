@@ -91,6 +91,17 @@ def test_stats_needs_the_master_key(keyed_proxy: Proxy) -> None:
     assert httpx.get(url, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("key", [None, UNKNOWN, ALPHA], ids=["no-key", "unknown-key", "client-key"])
+def test_metrics_refuse_all_but_the_master_key_with_401_in_openais_error_shape(keyed_proxy: Proxy, key: str | None) -> None:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    response = httpx.get(f"{keyed_proxy.url}/metrics", headers=headers, timeout=10, follow_redirects=True)
+    error = _error(response)
+    assert (response.status_code, error["type"], error["code"]) == (401, "auth_error", "401")
+    assert error["message"].count("master key") == 1
+    assert "require_auth_for_metrics_endpoint" not in response.text  # no advice to switch the auth off
+    assert key is None or key not in response.text
+
+
 def test_requests_are_booked_under_the_keys_alias(keyed_proxy: Proxy) -> None:
     assert _chat(keyed_proxy, {"authorization": f"Bearer {ALPHA}"}).status_code == 200
     # Booked by the log event after the response: poll for it.

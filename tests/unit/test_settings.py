@@ -107,6 +107,16 @@ def test_two_keys_may_share_an_alias() -> None:
     assert [entry.alias for entry in keys] == ["alice", "alice"]
 
 
+def test_keys_sharing_an_alias_share_one_budget_set_once_or_alike() -> None:
+    monthly = {"limit_usd": 20, "period": "monthly"}
+    rotated = [{"alias": "alice", "key_sha256": "a" * 64, "budget": monthly}, {"alias": "alice", "key_sha256": "b" * 64}]
+    assert parse_settings({"keys": rotated}).keys[0].budget is not None
+    assert len(parse_settings({"keys": [rotated[0], {**rotated[1], "budget": monthly}]}).keys) == 2
+    with pytest.raises(ConfigError) as raised:
+        parse_settings({"keys": [rotated[0], {**rotated[1], "budget": {"limit_usd": 5, "period": "daily"}}]})
+    assert "glm_saver.keys" in str(raised.value) and "the keys named alice set different budgets" in str(raised.value)
+
+
 def test_an_http_webhook_with_a_host_is_accepted() -> None:
     assert parse_settings({"alert_webhook": "https://alerts.example:8443/hook"}).alert_webhook == "https://alerts.example:8443/hook"
 

@@ -111,6 +111,45 @@ def test_calibrate_command_tells_what_to_put_in_the_config(tmp_path: Path, capsy
     assert "target_cloud_share: 0.3" in out and f"calibration_file: {path}" in out
 
 
+def test_calibrate_with_the_shipped_tiers_points_at_the_first_paid_tier(tmp_path: Path, capsys) -> None:
+    # With tier bands classifier.threshold only labels an ask; the cheap tier's threshold is what leaves local.
+    path = write_requests(tmp_path / "past.jsonl", ASKS)
+    assert main(["calibrate", str(path), "--config", str(SHIPPED_CONFIG), "--target-cloud-share", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "the current threshold 0.5 sends" in out
+    assert "in glm_saver.tiers set on cerebras-oss (the first paid tier)" in out
+    assert "raise cerebras's threshold above it" not in out
+    assert "glm_saver.classifier" not in out and f"tier_calibration_file: {path}" in out
+
+
+def test_calibrate_with_tiers_says_when_the_stronger_tier_must_move_too(tmp_path: Path, capsys) -> None:
+    path = write_requests(tmp_path / "past.jsonl", ASKS)
+    assert main(["calibrate", str(path), "--config", str(SHIPPED_CONFIG), "--target-cloud-share", "0.1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sets"] == "glm_saver.tiers[1].threshold (cerebras-oss)"
+    assert main(["calibrate", str(path), "--config", str(SHIPPED_CONFIG), "--target-cloud-share", "0.1"]) == 0
+    assert result["threshold"] > 0.75  # one ask in ten is the deadlock or the migration: far into the strongest band
+    assert "and raise cerebras's threshold above it (now 0.75: thresholds must rise)" in capsys.readouterr().out
+
+
+def test_calibrate_with_tier_shares_asks_for_shares(tmp_path: Path, capsys) -> None:
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["glm_saver"]["tiers"] = [
+        {"group": "local", "target_share": 0.5},
+        {"group": "cerebras-oss", "target_share": 0.35},
+        {"group": "cerebras", "target_share": 0.15},
+    ]
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    path = write_requests(tmp_path / "past.jsonl", ASKS)
+    assert main(["calibrate", str(path), "--config", str(config_path), "--target-cloud-share", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "give local target_share: 0.7" in out and "sum to 0.3" in out
+    assert main(["calibrate", str(path), "--config", str(config_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sets"] == "glm_saver.tiers[0].target_share (local: 1 - the cloud share)"
+    assert "threshold: " not in out.split("the config's tiers", 1)[1]  # no threshold to mix with the shares
+
+
 def test_calibrate_command_reports_a_bad_file_without_a_traceback(tmp_path: Path, capsys) -> None:
     path = tmp_path / "past.jsonl"
     path.write_text("not json\n", encoding="utf-8")

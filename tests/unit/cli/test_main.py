@@ -2,6 +2,8 @@
 
 import io
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -44,6 +46,31 @@ def test_classify_uses_the_config_keywords(tmp_path, capsys) -> None:
     assert capsys.readouterr().out.startswith("complex")
 
 
+def test_classify_with_tiers_names_the_bands_that_pick_the_tier(capsys) -> None:
+    assert main(["classify", "--config", str(SHIPPED_CONFIG), "Find the deadlock between the cache refresher and the request handlers"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "(bands local < 0.5 <= cerebras-oss < 0.75 <= cerebras)" in first
+    assert first.endswith("tier cerebras")
+
+
+def test_classify_without_tiers_names_the_threshold(capsys) -> None:
+    assert main(["classify", "fix the typo in the title"]) == 0
+    assert "(threshold 0.5)" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written, as after `| head -1`
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "glm_saver.cli", "classify", "fix the typo"], stdout=write_end, stderr=subprocess.PIPE, check=False, timeout=120
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1
+    assert b"Traceback" not in done.stderr
+
+
 def test_check_config_accepts_the_shipped_config(capsys) -> None:
     assert main(["check-config", str(SHIPPED_CONFIG)]) == 0
     assert "OK" in capsys.readouterr().out
@@ -71,6 +98,7 @@ def test_check_config_fails_where_the_start_would_on_redis_without_a_usable_url(
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "glm_saver.state" in err and "REDIS_URL" in err
+    assert redis_env or "REDIS_HOST and REDIS_PORT" in err  # every place the start would read it from
     assert "cache.internal" not in err
 
 

@@ -88,6 +88,36 @@ def test_missing_sections_are_skipped_and_unknown_ones_still_shown() -> None:
     assert render({}).strip() == "/stats has no sections"
 
 
+def test_tiers_history_and_recent_decisions_are_tables_with_a_row_each() -> None:
+    headroom = {
+        "tokens_remaining_minute": 59000,
+        "tokens_limit_minute": 60000,
+        "requests_remaining_day": 14000,
+        "tokens_reset_in": None,
+        "rate_limited_seen": 2,
+    }
+    text = render(
+        {
+            "tiers": [
+                {"name": "local", "requests": 3, "price_per_m": {"input": 0.0, "output": 0.0}, "headroom": None},
+                {"name": "cerebras", "requests": 5, "price_per_m": {"input": 2.25, "output": 2.75}, "headroom": headroom},
+            ],
+            "history": {"window_minutes": 1440, "series": [{"minute": 1764633600, "requests": 3, "by_route": {"local": 2, "cerebras": 1}}]},
+            "recent_decisions": [{"time": 1764633655.2, "key": "alice", "route": "cerebras"}, {"time": 1764633600, "key": "ci", "route": "local"}],
+            "store": {"kind": "sqlite", "ok": True, "since": 1764633600.5},
+        }
+    )
+    assert _row(text, "Store", "since") == ["since", "2025-12-02", "00:00:00"]
+    assert _section(text, "Tiers")[0].split() == ["name", "requests", "price", "per", "m"]
+    assert _row(text, "Tiers", "cerebras") == ["cerebras", "5", "input=2.25,", "output=2.75"]
+    assert _row(text, "Tiers: cerebras headroom", "rate") == ["rate", "limited", "seen", "2"]
+    assert "Tiers: local headroom" not in text
+    assert _row(text, "History", "window") == ["window", "minutes", "1,440"]
+    assert _row(text, "History: series", "2025-12-02") == ["2025-12-02", "00:00:00", "3", "local=2,", "cerebras=1"]
+    assert [row.split()[2] for row in _section(text, "Recent decisions")[2:]] == ["alice", "ci"]
+    assert max(len(line) for line in text.splitlines()) < 100
+
+
 def test_a_books_section_without_budgets_or_keys_still_prints_totals() -> None:
     text = render({"books": {"totals": {"requests": 0, "cost_usd": 0.0}}})
     assert _row(text, "Totals", "all") == ["all", "0", "$0.00"]
