@@ -143,7 +143,8 @@ def _keys_from_proxy_config() -> tuple[ApiKeySettings, ...]:
 
 
 def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
-    """A key's `models` list is enforced by LiteLLM only with both flags on: say so if one is off."""
+    """A key's `models` list is enforced by LiteLLM only with both flags on, and LiteLLM's check of
+    fallbacks against it refuses every fallback of a key limited to glm-saver: say so if so."""
     import litellm
 
     limited = [entry.alias for entry in keys if entry.models]
@@ -152,6 +153,12 @@ def _warn_if_models_unenforced(keys: tuple[ApiKeySettings, ...]) -> None:
         logger.warning(
             "glm_saver: the models of key(s) %s are NOT enforced: set general_settings.custom_auth_run_common_checks "
             "and litellm_settings.enable_post_custom_auth_checks to true",
+            ", ".join(limited),
+        )
+    if limited and proxy.general_settings().get("enforce_fallback_model_access", True) is not False:
+        logger.warning(
+            "glm_saver: key(s) %s get no fallback (local down, Cerebras resting: an error instead): set "
+            "general_settings.enforce_fallback_model_access to false, the plugin keeps fallbacks to what a key reaches",
             ", ".join(limited),
         )
 

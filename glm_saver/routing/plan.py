@@ -16,8 +16,9 @@ tiers that take images.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from litellm.proxy._types import ProxyException
@@ -110,6 +111,22 @@ def _litellm_key_nearly_spent(auth: Any, view: RequestView, cloud: Prices) -> bo
     return bool(spent + cloud.cost(view.prompt_tokens, view.max_tokens or 0) >= max_budget)
 
 
+# LiteLLM's names for "every model" in a key's models list.
+_EVERY_MODEL = frozenset({"*", "all-proxy-models"})
+
+
+def reach_of(auth: Any, entry_models: Collection[str]) -> Callable[[str], bool] | None:
+    """Which model groups the plan's fallbacks may use for this key (None: any). A key that may name
+    an entry model (glm-saver) reaches every tier, as its plan may send it to any; one limited to
+    tiers reaches those alone (LiteLLM's wildcards too; an access group reaches none). LiteLLM's
+    own check of fallbacks against a key's models is off (the shipped config): it knew no entry
+    model, and refused every fallback of a key limited to glm-saver."""
+    models = [str(model) for model in getattr(auth, "models", None) or []]
+    if not models or _EVERY_MODEL.intersection(models) or any(model in entry_models for model in models):
+        return None
+    return lambda group: any(fnmatchcase(group, model) for model in models)
+
+
 class Planner:
     def __init__(
         self,
@@ -170,7 +187,7 @@ class Planner:
             )
         if self.tiers[plan.route].paid:
             plan = await self._through_gate(plan, view)
-        return replace(plan, fallbacks=self._fallbacks(plan))
+        return replace(plan, fallbacks=self._fallbacks(plan, reach_of(auth, self.settings.entry_models)))
 
     def decide(self, view: RequestView, override: Route | None = None, chat: bool = True) -> Decision:
         decision = decide(
@@ -304,16 +321,17 @@ class Planner:
         logger.warning("glm_saver: %s; answering locally", why)
         return replace(plan, route=self.local.name, reason="store-down", detail=refusal.detail, fallbacks=())
 
-    def _fallbacks(self, plan: Plan) -> tuple[Route, ...]:
+    def _fallbacks(self, plan: Plan, reach: Callable[[str], bool] | None) -> tuple[Route, ...]:
         """Where LiteLLM may fall back to, nearest first, only where it cannot break the plan: never
         to a stronger tier for a request kept off it for money or limits, never to a tier whose
-        window cannot take the prompt, never to a tier without its API key."""
+        window cannot take the prompt, never to a tier without its API key, never to a tier the
+        key may not reach."""
         if plan.reason == "store-down":
             return ()
         rank = self.tiers[plan.route].rank
         kept_off = _kept_off(plan.reason)
         nearest = self.tiers.nearest(plan.route, plan.prompt_tokens, plan.images)
-        return tuple(tier.name for tier in nearest if tier.configured and not (kept_off and tier.rank > rank))
+        return tuple(tier.name for tier in nearest if tier.configured and not (kept_off and tier.rank > rank) and (reach is None or reach(tier.group)))
 
     def _classify(self, view: RequestView) -> Classification:
         verdict = self.classifier.classify(view.messages)

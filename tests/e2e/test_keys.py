@@ -1,6 +1,7 @@
 """Client keys from the config (glm_saver.auth's custom_auth) through a real proxy, no database.
 
-Keys: `alpha` (any model) and `beta` (only `glm-saver`); the master key stays the admin. Only the
+Keys: `alpha` (any model), `beta` (only `glm-saver`) and `gamma` (only `local`); the master key
+stays the admin. Only the
 master key reads /stats. Afterwards neither the plugin's log file, the proxy's console nor /stats
 holds a key or the prompt text.
 """
@@ -24,13 +25,15 @@ from tests.fakes.upstream import FakeUpstream
 
 ALPHA = "sk-alpha-e2e-5b0d2f7c91"
 BETA = "sk-beta-e2e-3c8e61aa"
+GAMMA = "sk-gamma-e2e-90d1b4e2"
 UNKNOWN = "sk-unknown-e2e-77aa01"
 PROMPT = "PROMPT-MARKER-q7z: what is a tuple"
 KEYS = [
     {"alias": "alpha", "key_sha256": hash_key(ALPHA)},
     {"alias": "beta", "key_sha256": hash_key(BETA), "models": ["glm-saver"]},
+    {"alias": "gamma", "key_sha256": hash_key(GAMMA), "models": ["local"]},
 ]
-SECRETS = (ALPHA, BETA, UNKNOWN, MASTER_KEY, CEREBRAS_KEY)
+SECRETS = (ALPHA, BETA, GAMMA, UNKNOWN, MASTER_KEY, CEREBRAS_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +125,24 @@ def test_a_key_limited_to_glm_saver_cannot_call_cerebras_directly(keyed_proxy: P
     routed = _chat(keyed_proxy, {"authorization": f"Bearer {BETA}", "x-glm-saver-route": "cerebras"})
     assert routed.status_code == 200
     assert routed.headers["x-glm-saver-route"] == "cerebras"
+
+
+def test_a_key_limited_to_glm_saver_falls_back_to_cerebras_when_local_fails(
+    keyed_proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream
+) -> None:
+    local_upstream.inject(500)
+    reply = _chat(keyed_proxy, {"authorization": f"Bearer {BETA}"})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-glm-saver-route"] != "local"
+    assert [r.status for r in local_upstream.requests] == [500]
+    assert len(cerebras_upstream.requests) == 1
+
+
+def test_a_key_limited_to_local_never_falls_back_to_cerebras(keyed_proxy: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> None:
+    assert _chat(keyed_proxy, {"authorization": f"Bearer {GAMMA}"}, model="local").status_code == 200
+    local_upstream.inject(500)
+    assert _chat(keyed_proxy, {"authorization": f"Bearer {GAMMA}"}, model="local").status_code >= 500
+    assert cerebras_upstream.requests == []
 
 
 def test_a_key_limited_to_glm_saver_lists_only_glm_saver(keyed_proxy: Proxy) -> None:
