@@ -383,7 +383,8 @@ class GlmSaver(CustomLogger):
         and one that breaks gives back what its call held."""
         metadata = request_data.get("metadata") or {}
         live = self.live.claim(metadata.get(LIVE_KEY))
-        group = metadata.get("model_group") or request_data.get("model")
+        # The group of the hop this stream comes from: after a fallback, not the request's first.
+        group = (_call_metadata(request_data) or metadata).get("model_group") or request_data.get("model")
         if live is not None:
             include_usage = bool((request_data.get("stream_options") or {}).get("include_usage"))
             stream = stream_live(live, response, metadata, include_usage, self.settings.speculative.keepalive_seconds)

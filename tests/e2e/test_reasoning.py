@@ -194,6 +194,17 @@ def test_a_stream_left_empty_by_reasoning_ends_with_an_error_not_an_empty_answer
     assert after["by_model"]["cerebras"]["completion_tokens"] - before["by_model"]["cerebras"]["completion_tokens"] == served.completion_tokens
 
 
+def test_a_fallback_stream_left_empty_by_reasoning_ends_with_an_error_too(client: openai.OpenAI, thinker: FakeUpstream, local_upstream: FakeUpstream) -> None:
+    """Local fails, Cerebras answers the fallback hop: its stream is guarded like a routed one."""
+    local_upstream.inject(500)
+    with pytest.raises(openai.APIError) as raised:
+        for _ in client.chat.completions.create(model="glm-saver", messages=ask("hello, what is a tuple?"), stream=True, max_tokens=THOUGHT_TOKENS - 2):
+            pass
+    assert "spent all of max_tokens on reasoning" in str(raised.value)
+    assert [r.status for r in local_upstream.requests] == [500]
+    assert len(thinker.served) == 1
+
+
 # ---- the cascade's verify with a reasoning model -----------------------------------------------
 
 UNSURE = "Which is the largest planet?"
