@@ -384,7 +384,7 @@ class GlmSaver(CustomLogger):
         metadata = request_data.get("metadata") or {}
         live = self.live.claim(metadata.get(LIVE_KEY))
         # The group of the hop this stream comes from: after a fallback, not the request's first.
-        group = (_call_metadata(request_data) or metadata).get("model_group") or request_data.get("model")
+        group = (_latest_hop_metadata(request_data) or metadata).get("model_group") or request_data.get("model")
         if live is not None:
             include_usage = bool((request_data.get("stream_options") or {}).get("include_usage"))
             stream = stream_live(live, response, metadata, include_usage, self.settings.speculative.keepalive_seconds)
@@ -403,7 +403,7 @@ class GlmSaver(CustomLogger):
             async for chunk in response:
                 yield chunk
         except Exception as err:
-            metadata = _call_metadata(request_data)
+            metadata = _latest_hop_metadata(request_data)
             if metadata is not None and _claim_failure(metadata):
                 await self._settle_failure(failure_of(metadata, err))
             raise
@@ -447,13 +447,14 @@ class GlmSaver(CustomLogger):
         metadata = request_data.get("metadata")
         if not isinstance(metadata, dict):
             return  # no place to mark it settled: the log event settles it, if LiteLLM logs it
+        if not _claim_failure(metadata):
+            return  # settled already, by the log event of this very call
         record = failure_of(metadata, exception)
-        metadata[FAILED_KEY] = _attempt(metadata)
         metadata.pop(TICKET_KEY, None)  # given back: a retry of this hop asks the gate anew
         await self._settle_failure(record)
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+        metadata = _metadata_of(kwargs) or {}
         if not _claim_failure(metadata):
             return  # settled by the deployment failure hook, or as a broken stream
         await self._settle_failure(read_failure(kwargs))
@@ -594,13 +595,17 @@ def _claim_failure(metadata: dict[str, Any]) -> bool:
     return True
 
 
-def _call_metadata(request_data: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The metadata of the call a stream comes from: LiteLLM's logging object of the request holds
-    the latest hop's (the request's own metadata is the first hop's)."""
-    details = getattr(request_data.get("litellm_logging_obj"), "model_call_details", None)
-    params = details.get("litellm_params") if isinstance(details, Mapping) else None
+def _metadata_of(call: Any) -> dict[str, Any] | None:
+    """The metadata of a call's kwargs (LiteLLM's `litellm_params.metadata`), if it has any."""
+    params = call.get("litellm_params") if isinstance(call, Mapping) else None
     metadata = params.get("metadata") if isinstance(params, Mapping) else None
     return metadata if isinstance(metadata, dict) else None
+
+
+def _latest_hop_metadata(request_data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The metadata of the call a stream comes from: LiteLLM's logging object of the request holds
+    the latest hop's (the request's own metadata is the first hop's)."""
+    return _metadata_of(getattr(request_data.get("litellm_logging_obj"), "model_call_details", None))
 
 
 def _ticketed(request_kwargs: Mapping[str, Any] | None, group: str) -> bool:

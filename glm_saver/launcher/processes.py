@@ -63,8 +63,7 @@ class Child:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
         # The leader may be gone while something it spawned still runs in its group.
-        self._signal_group(signal.SIGKILL)
-        self.process.wait()
+        self.kill()
 
     def kill(self) -> None:
         """SIGKILL the child's process group now."""
