@@ -3,14 +3,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from tests.e2e.polling import poll
 from tests.e2e.proxy import MASTER_KEY, Proxy
+from tests.fakes.upstream import FakeUpstream
 
 DEADLINE = 20.0  # seconds a polled condition may take on a busy 2-core machine
+
+
+def proxy_showing_holds(start_proxy: Callable[..., Proxy], cerebras: FakeUpstream) -> Proxy:
+    """A proxy in front of `cerebras` with a global budget (so /stats shows its holds) and LiteLLM's
+    deployment cooldown off (a cooldown would only hide the tier whose books the test reads)."""
+    return start_proxy(
+        cerebras=cerebras,
+        router_settings={"disable_cooldowns": True},
+        glm_saver={"budget": {"limit_usd": 100.0, "period": "daily", "action": "reject"}},
+    )
 
 
 def stats(proxy: Proxy) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.held import DEADLINE, failures, grew, settled
+from tests.e2e.held import DEADLINE, failures, grew, proxy_showing_holds, settled
 from tests.e2e.polling import poll
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
@@ -42,11 +42,7 @@ def breaking() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def proxy(start_proxy: Callable[..., Proxy], breaking: FakeUpstream) -> Proxy:
-    return start_proxy(
-        cerebras=breaking,
-        router_settings={"disable_cooldowns": True},
-        glm_saver={"budget": {"limit_usd": 100.0, "period": "daily", "action": "reject"}},
-    )
+    return proxy_showing_holds(start_proxy, breaking)
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.e2e.held import DEADLINE, failures, grew, held, settled, stats
+from tests.e2e.held import DEADLINE, failures, grew, held, proxy_showing_holds, settled, stats
 from tests.e2e.polling import poll
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes.upstream import FakeUpstream
@@ -39,11 +39,7 @@ def refusing() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def proxy(start_proxy: Callable[..., Proxy], refusing: FakeUpstream) -> Proxy:
-    return start_proxy(
-        cerebras=refusing,
-        router_settings={"disable_cooldowns": True},
-        glm_saver={"budget": {"limit_usd": 100.0, "period": "daily", "action": "reject"}},
-    )
+    return proxy_showing_holds(start_proxy, refusing)
 
 
 @pytest.fixture(autouse=True)
