@@ -72,6 +72,10 @@ DEFAULT_SIMPLE_KEYWORDS: dict[str, float] = {
     "docstring": 0.8,
 }
 
+# Simple keywords that mark a lookup ("what is a tuple?"). An ask that gives two numbers or more
+# computes ("... 12 cm by 7 cm. What is the area?"): the same words say nothing of its difficulty there.
+DEFAULT_LOOKUP_KEYWORDS: tuple[str, ...] = ("what is", "what's")
+
 
 # RFC 9110's token: the characters a header name may have.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -106,6 +110,9 @@ class ClassifierSettings(_Strict):
     simple_keywords: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SIMPLE_KEYWORDS))
     # Keywords are added to the defaults unless replace_default_keywords is set.
     replace_default_keywords: bool = False
+    lookup_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LOOKUP_KEYWORDS), description="simple keywords not counted in an ask with two numbers or more"
+    )
     token_threshold: int = Field(default=300, ge=1, description="ask length (tokens) that alone makes an ask complex")
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="score at or above which an ask is complex")
     rules: list[RegexRule] = Field(default_factory=list)
@@ -146,6 +153,17 @@ class ClassifierSettings(_Strict):
         merged_simple = {**DEFAULT_SIMPLE_KEYWORDS, **self.simple_keywords}
         object.__setattr__(self, "complexity_keywords", merged_complex)
         object.__setattr__(self, "simple_keywords", merged_simple)
+        return self
+
+    @model_validator(mode="after")
+    def _lookups_are_simple_keywords(self) -> ClassifierSettings:
+        simple = {word.lower() for word in self.simple_keywords}
+        if "lookup_keywords" not in self.model_fields_set:  # the defaults that replaced keywords left
+            object.__setattr__(self, "lookup_keywords", [word for word in self.lookup_keywords if word in simple])
+            return self
+        unknown = [word for word in self.lookup_keywords if word.lower() not in simple]
+        if unknown:
+            raise ValueError(f"lookup_keywords: {', '.join(map(repr, unknown))} not among the simple keywords")
         return self
 
 

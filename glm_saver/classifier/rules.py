@@ -31,9 +31,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from glm_saver.classifier.calibration import load_scores, threshold_for_share
+from glm_saver.classifier.features import SCAN_CHARS
 from glm_saver.classifier.learned import LearnedModel, shipped_model
 from glm_saver.classifier.semantic import context_of, conversation_asks
 from glm_saver.settings import ClassifierSettings, ConfigError
@@ -57,6 +59,10 @@ CONTEXT_RULE_SHARE = 0.5
 # ask with every tool round (tool results carry no words of the user), so most requests repeat a
 # verdict; the embedding and the rules cost about 1 ms a request (py-spy). Bounded: the oldest go.
 VERDICTS_KEPT = 512
+# Numbers of a quantity ("12 cm", "5kg", "$8,000", "0.3", "3x", "x^2"), not the digits ending a name
+# ("mp3", "h264"). An ask with this many computes, and its lookup keywords ("what is") do not count.
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)?")
+_NUMBERS_OF_A_COMPUTATION = 2
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class ComplexityClassifier:
         self._simple = {word.lower(): weight for word, weight in self.settings.simple_keywords.items()}
         self._complex_pattern = _keyword_pattern(list(self._complex))
         self._simple_pattern = _keyword_pattern(list(self._simple))
+        self._lookups = frozenset(word.lower() for word in self.settings.lookup_keywords)
         self._rules = [
             (re.compile(rule.pattern, re.IGNORECASE if rule.ignore_case else 0), rule.weight, rule.reason or f"rule /{rule.pattern}/")
             for rule in self.settings.rules
@@ -128,7 +135,7 @@ class ComplexityClassifier:
 
     def score_text(self, ask: str, context: str = "") -> tuple[float, list[tuple[float, str]]]:
         """The score of an ask and every part of it (weights in logit units; they sum to the logit)."""
-        evidence = self.rule_evidence(ask) + self.context_evidence(ask, context)
+        evidence = self.rule_evidence(ask, context) + self.context_evidence(ask, context)
         if self._model is None:
             evidence.append((_PRIOR, "prior: asks lean local"))
         else:
@@ -138,9 +145,13 @@ class ComplexityClassifier:
         raw = sum(weight for weight, _ in evidence)
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, raw)))), evidence
 
-    def rule_evidence(self, ask: str) -> list[tuple[float, str]]:
-        """What the configured rules say about an ask: keywords, regex rules, length, code blocks."""
-        evidence = self._matches(ask)
+    def rule_evidence(self, ask: str, context: str = "") -> list[tuple[float, str]]:
+        """What the configured rules say about an ask: keywords, regex rules, length, code blocks.
+
+        The context only tells whether the conversation computes: "what's the area now?" after
+        "a rectangle is 12 cm by 7 cm ..." is still a computation.
+        """
+        evidence = self._matches(ask, conversation=(ask, context))
         evidence.append(self._length_evidence(ask))
         if len(_CODE_FENCE.findall(ask)) >= 4:
             evidence.append((0.8, "several code blocks"))
@@ -150,14 +161,20 @@ class ComplexityClassifier:
         """Keywords and regex rules of the earlier asks that the latest ask does not repeat, scaled down."""
         if not context:
             return []
-        latest = {reason for _, reason in self._matches(ask)}
-        return [(CONTEXT_RULE_SHARE * weight, f"earlier ask: {reason}") for weight, reason in self._matches(context) if reason not in latest]
+        latest = {reason for _, reason in self._matches(ask, conversation=(ask, context))}
+        earlier = self._matches(context, conversation=(ask, context))
+        return [(CONTEXT_RULE_SHARE * weight, f"earlier ask: {reason}") for weight, reason in earlier if reason not in latest]
 
-    def _matches(self, text: str) -> list[tuple[float, str]]:
+    def _matches(self, text: str, conversation: tuple[str, str]) -> list[tuple[float, str]]:
+        """The keywords and regex rules found in a text; lookup keywords do not count if the conversation computes."""
         lowered = text.lower()
+        complex_words = self._keywords_in(lowered, self._complex_pattern)
+        simple_words = self._keywords_in(lowered, self._simple_pattern)
+        if not self._lookups.isdisjoint(simple_words) and _computes(*conversation):
+            simple_words = [word for word in simple_words if word not in self._lookups]
         return [
-            *self._keyword_evidence(lowered, self._complex_pattern, self._complex, sign=1.0, kind="complex keyword"),
-            *self._keyword_evidence(lowered, self._simple_pattern, self._simple, sign=-1.0, kind="simple keyword"),
+            *[(self._complex[word], f"complex keyword '{word}'") for word in complex_words],
+            *[(-self._simple[word], f"simple keyword '{word}'") for word in simple_words],
             *[(weight, reason) for pattern, weight, reason in self._rules if pattern.search(text)],
         ]
 
@@ -174,16 +191,20 @@ class ComplexityClassifier:
         return threshold_for_share(scores, share)
 
     @staticmethod
-    def _keyword_evidence(text: str, pattern: re.Pattern[str] | None, weights: dict[str, float], sign: float, kind: str) -> list[tuple[float, str]]:
-        if pattern is None:
-            return []
-        found = dict.fromkeys(match.group(1) for match in pattern.finditer(text))
-        return [(sign * weights[word], f"{kind} '{word}'") for word in found]
+    def _keywords_in(text: str, pattern: re.Pattern[str] | None) -> list[str]:
+        """The keywords found in a lower-cased text, each once, in order."""
+        return [] if pattern is None else list(dict.fromkeys(match.group(1) for match in pattern.finditer(text)))
 
     def _length_evidence(self, ask: str) -> tuple[float, str]:
         tokens = count_tokens(ask)
         weight = min(_LENGTH_WEIGHT_CAP, _LENGTH_WEIGHT_AT_THRESHOLD * tokens / self.settings.token_threshold)
         return (weight, f"ask is {tokens} tokens (threshold {self.settings.token_threshold})")
+
+
+def _computes(ask: str, context: str) -> bool:
+    """Whether the conversation gives numbers to compute with (its latest ask and the earlier ones)."""
+    numbers = chain(_NUMBER.finditer(ask[:SCAN_CHARS]), _NUMBER.finditer(context))
+    return sum(1 for _ in islice(numbers, _NUMBERS_OF_A_COMPUTATION)) == _NUMBERS_OF_A_COMPUTATION
 
 
 def _takes_arguments(factory: Any) -> bool:

@@ -39,6 +39,7 @@ def test_empty_section_gives_defaults() -> None:
             {"keys": [{"alias": "alice", "key_sha256": "a" * 64, "budget": {"limit_usd": 1}}, {"alias": "ci", "key_sha256": "a" * 64}]},
             "glm_saver.keys: Value error, ci has the same key_sha256 as alice",
         ),
+        ({"classifier": {"lookup_keywords": ["how much"]}}, "glm_saver.classifier: Value error, lookup_keywords: 'how much' not among the simple keywords"),
     ],
 )
 def test_bad_value_names_the_key(section: dict, named: str) -> None:

@@ -80,6 +80,45 @@ def test_replace_default_keywords_drops_the_builtin_list() -> None:
     assert ComplexityClassifier(rules_only).classify(ask("refactor the race condition")).label == "simple"
 
 
+COMPUTATION = "A rectangle is 12 cm long and 7 cm wide. What is its area?"
+
+
+def keywords_of(verdict: Classification) -> list[str]:
+    return [reason for reason in verdict.reasons if "keyword" in reason]
+
+
+def test_what_is_marks_a_lookup_easy() -> None:
+    assert keywords_of(ComplexityClassifier().classify(ask("What is a tuple?"))) == ["simple keyword 'what is' (-0.8)"]
+
+
+@pytest.mark.parametrize("text", [COMPUTATION, "What's 15% of $80?", "what is x if 3x = 12"])
+def test_what_is_does_not_count_in_an_ask_that_computes_with_numbers(text: str) -> None:
+    assert keywords_of(ComplexityClassifier().classify(ask(text))) == []
+
+
+def test_a_follow_up_to_a_computation_computes_too() -> None:
+    follow_up = [*ask(COMPUTATION), {"role": "assistant", "content": "84 square cm."}, {"role": "user", "content": "what's its perimeter?"}]
+    assert keywords_of(ComplexityClassifier().classify(follow_up)) == []
+    assert keywords_of(ComplexityClassifier().classify(ask("what's its perimeter?"))) == ["simple keyword 'what's' (-0.6)"]
+
+
+def test_the_digits_of_a_name_are_not_numbers_to_compute_with() -> None:
+    assert keywords_of(ComplexityClassifier().classify(ask("what is the h264 codec in mp3 files?"))) == ["simple keyword 'what is' (-0.8)"]
+
+
+def test_other_simple_keywords_still_count_in_a_computation() -> None:
+    assert keywords_of(ComplexityClassifier().classify(ask("thanks! " + COMPUTATION))) == ["simple keyword 'thanks' (-1.0)"]
+
+
+def test_with_no_lookup_keywords_what_is_counts_in_a_computation() -> None:
+    settings = ClassifierSettings(lookup_keywords=[])
+    assert keywords_of(ComplexityClassifier(settings).classify(ask(COMPUTATION))) == ["simple keyword 'what is' (-0.8)"]
+
+
+def test_replaced_keywords_keep_only_the_lookup_keywords_left() -> None:
+    assert ClassifierSettings(replace_default_keywords=True, simple_keywords={"what's": 1.0}).lookup_keywords == ["what's"]
+
+
 def test_environment_details_and_system_prompt_do_not_make_a_simple_task_complex() -> None:
     verdict = ComplexityClassifier().classify(cline.vscode_task("Fix the typo in the README title"))
     assert verdict.label == "simple"
