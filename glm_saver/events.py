@@ -7,7 +7,7 @@ event's raw kwargs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -139,8 +139,17 @@ def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
     )
 
 
-def read_failure(kwargs: Mapping[str, Any]) -> CallRecord:
-    return failure_of(_metadata(kwargs), kwargs.get("exception"))
+def read_failure(kwargs: Mapping[str, Any], error: BaseException | None = None) -> CallRecord:
+    """One failed call from its logged kwargs (a log event's, or the logging object's of a broken
+    stream). A stream cut after text was sent carries what it spent: LiteLLM's usage of the chunks
+    delivered (`combined_usage_object`), as the provider bills them."""
+    record = failure_of(_metadata(kwargs), error if error is not None else kwargs.get("exception"))
+    usage = kwargs.get("combined_usage_object")
+    completion = int(getattr(usage, "completion_tokens", 0) or 0)
+    if completion == 0:
+        return record
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    return replace(record, prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=reasoning_tokens(usage))
 
 
 def failure_of(metadata: Mapping[str, Any], error: BaseException | None) -> CallRecord:

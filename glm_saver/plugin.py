@@ -403,9 +403,10 @@ class GlmSaver(CustomLogger):
             async for chunk in response:
                 yield chunk
         except Exception as err:
-            metadata = _latest_hop_metadata(request_data)
+            call = _latest_hop_call(request_data)
+            metadata = _metadata_of(call)
             if metadata is not None and _claim_failure(metadata):
-                await self._settle_failure(failure_of(metadata, err))
+                await self._settle_failure(read_failure(call, err))
             raise
 
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
@@ -460,14 +461,20 @@ class GlmSaver(CustomLogger):
         await self._settle_failure(read_failure(kwargs))
 
     async def _settle_failure(self, record: CallRecord) -> None:
-        """A failed call: its reservation and holds given back, counted and logged (once per call)."""
-        steps = [*self._headroom_step(record), self.history.observe(record, None), self._release_holds(record)]
+        """A failed call: its reservation given back, counted and logged (once per call). Its budget
+        hold is released, or, for a paid stream cut after text was sent, turned into the charge of
+        what it spent (the provider bills the tokens it delivered)."""
+        spent = record.ticket is not None and record.completion_tokens > 0 and self.ledger.keeps(record.group)
+        charge = self.ledger.charge_of(record) if spent else None
+        settle = self.ledger.record(record) if spent else self._release_holds(record)
+        steps = [*self._headroom_step(record), self.history.observe(record, charge), settle]
         raise_first(await side_by_side(steps, at_once=self.settings.batches_round_trips))
         if record.tag is None:
             return
         what = "resting" if record.status == 429 and record.headers is None else str(record.status or record.error)
         self.stats.record_failure(self._route_of_group(record.group) or str(record.group), what)
-        logger.warning("glm_saver: %s failed with %s; LiteLLM falls back if it can", record.group, record.status or record.error)
+        booked = f" after {record.completion_tokens} tokens, booked" if spent else ""
+        logger.warning("glm_saver: %s failed with %s%s; LiteLLM falls back if it can", record.group, record.status or record.error, booked)
 
     async def _release_holds(self, record: CallRecord) -> None:
         if record.ticket is None:
@@ -602,10 +609,14 @@ def _metadata_of(call: Any) -> dict[str, Any] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
-def _latest_hop_metadata(request_data: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The metadata of the call a stream comes from: LiteLLM's logging object of the request holds
+def _latest_hop_call(request_data: Mapping[str, Any]) -> Any:
+    """The kwargs of the call a stream comes from: LiteLLM's logging object of the request holds
     the latest hop's (the request's own metadata is the first hop's)."""
-    return _metadata_of(getattr(request_data.get("litellm_logging_obj"), "model_call_details", None))
+    return getattr(request_data.get("litellm_logging_obj"), "model_call_details", None)
+
+
+def _latest_hop_metadata(request_data: Mapping[str, Any]) -> dict[str, Any] | None:
+    return _metadata_of(_latest_hop_call(request_data))
 
 
 def _ticketed(request_kwargs: Mapping[str, Any] | None, group: str) -> bool:

@@ -2,7 +2,8 @@
 
 The client keeps the text it got and the stream ends with an error event (LiteLLM's answer to a
 broken stream; no other model continues it). What the gate held for the call, its headroom
-reservation and its budget hold, is given back exactly once, and the failure is counted in /stats
+reservation, is given back exactly once, its budget hold becomes the charge of what it spent (the
+prompt and the text sent, as Cerebras bills them), and the failure is counted in /stats
 `upstream_failures` and logged once, whether the stream was the plan's own route or a fallback hop
 after local failed (LiteLLM logs only a request's first failure, and a stream that already reached
 the client has no deployment failure hook).
@@ -21,12 +22,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.held import DEADLINE, failures, grew, proxy_showing_holds, settled
+from tests.e2e.held import DEADLINE, failures, grew, proxy_showing_holds, settled, stats
 from tests.e2e.polling import poll
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
+from tests.fakes import tokens
 from tests.fakes.upstream import FakeUpstream
 
 SIMPLE = "hello, what is a tuple?"  # the plan sends it local; local's 500 sends it to Cerebras
+PRICES = (2.25e-6, 2.75e-6)  # the test config's Cerebras prices per prompt and completion token
+# LiteLLM counts a prompt with a few tokens of chat framing per message, which the fake leaves out.
+FRAMING_TOKENS = 12
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
 REPLY = "Hello from breaking."  # what the fake Cerebras answers, in full
 
@@ -133,3 +138,32 @@ def test_a_fallback_hops_cerebras_stream_cut_before_any_text_gives_back_what_it_
     assert response.status_code == 200 and [r.outcome for r in breaking.requests] == ["fault:reset_midstream"]
     assert (text_of(events), set(events[-1])) == ("", {"error"})
     assert_settled_once(proxy, before, warned, {"local:500": 1})
+
+
+def cerebras_books(proxy: Proxy) -> dict[str, float]:
+    snapshot = stats(proxy)["books"]
+    cerebras = snapshot["by_model"].get("cerebras", {})
+    fields = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
+    return {**{field: cerebras.get(field, 0) for field in fields}, "budget_spent_usd": snapshot["budgets"]["global"]["spent_usd"]}
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["routed", "fallback-hop"])
+def test_a_cerebras_stream_cut_after_text_is_booked_for_the_prompt_and_the_text_it_sent(
+    proxy: Proxy, breaking: FakeUpstream, local_upstream: FakeUpstream, fallback: bool
+) -> None:
+    before = cerebras_books(proxy)
+    if fallback:
+        local_upstream.inject("500")
+    breaking.inject("reset_midstream", after_chunks=2)
+    response, events = ask(proxy, route=None if fallback else "cerebras")
+    assert_cut_after_text(response, events)
+    settled(proxy)
+    after = poll(lambda: (lambda b: b if b["requests"] > before["requests"] else None)(cerebras_books(proxy)), "the cut booked", DEADLINE)
+    grown = {field: after[field] - before[field] for field in after}
+    (cut,) = breaking.requests
+    sent_prompt = tokens.count_prompt_tokens(cut.body)
+    assert grown["requests"] == 1
+    assert grown["completion_tokens"] == tokens.count_tokens(text_of(events))
+    assert sent_prompt <= grown["prompt_tokens"] <= sent_prompt + FRAMING_TOKENS
+    cost = grown["prompt_tokens"] * PRICES[0] + grown["completion_tokens"] * PRICES[1]
+    assert grown["cost_usd"] == pytest.approx(cost) and grown["budget_spent_usd"] == pytest.approx(cost)

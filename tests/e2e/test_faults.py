@@ -241,9 +241,10 @@ def test_a_stream_cut_after_text_was_sent_ends_with_an_error_event_not_another_m
             seen += [choice.delta.content or "" for choice in chunk.choices]
     assert "".join(seen) == reply.text
     assert_serves_normally(fault_proxy, local_upstream, cerebras_upstream)
-    after = wait_for_requests(fault_proxy, before["totals"]["requests"] + 2)
-    assert after["totals"]["requests"] == before["totals"]["requests"] + 2  # the two cut streams: none
-    assert cost(after, "cerebras") - cost(before, "cerebras") == pytest.approx(cost_of_one_cerebras_answer(cerebras_upstream))
+    # The two cut streams are booked too, for what they spent (test_broken_streams.py has the figures).
+    after = wait_for_requests(fault_proxy, before["totals"]["requests"] + 4)
+    assert after["totals"]["requests"] == before["totals"]["requests"] + 4
+    assert cost(after, "cerebras") - cost(before, "cerebras") > cost_of_one_cerebras_answer(cerebras_upstream)
 
 
 def cost_of_one_cerebras_answer(cerebras_upstream: FakeUpstream) -> float:
