@@ -442,6 +442,27 @@ def _model_groups(config: dict[str, Any]) -> set[str]:
     return {name for entry in config.get("model_list") or [] if isinstance(entry, dict) and isinstance(name := entry.get("model_name"), str)}
 
 
+# What a key's `models` may name besides a model_list model: LiteLLM's special names (a pattern with
+# "*" or a provider route with "/" is LiteLLM's too, and left to it).
+_LITELLM_MODEL_NAMES = frozenset({"all-proxy-models", "all-team-models", "no-default-models"})
+
+
+def _access_groups(config: dict[str, Any]) -> set[str]:
+    infos = [entry.get("model_info") for entry in config.get("model_list") or [] if isinstance(entry, dict)]
+    return {str(group) for info in infos if isinstance(info, dict) for group in info.get("access_groups") or []}
+
+
+def check_key_models(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
+    """A key's `models` must name models the proxy has: a typo would refuse every request of the key."""
+    known = _model_groups(config) | _access_groups(config) | _LITELLM_MODEL_NAMES
+    for key in settings.keys:
+        unknown = [name for name in key.models if name not in known and not {"*", "/"} & set(name)]
+        if unknown:
+            raise ConfigError(
+                f"{SECTION}.keys: {key.alias}'s models {', '.join(unknown)} not found in model_list (have: {', '.join(sorted(_model_groups(config)))})"
+            )
+
+
 def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
     """The groups the plugin routes between must exist in model_list."""
     groups = _model_groups(config)
@@ -482,4 +503,5 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def settings_from_config(config: dict[str, Any]) -> GlmSaverSettings:
     settings = parse_settings(config.get(SECTION))
     check_groups(settings, config)
+    check_key_models(settings, config)
     return settings

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
@@ -62,6 +64,35 @@ def _split(tiers: Tiers, classifier: Any, settings: GlmSaverSettings) -> str:
     return "bands " + " ".join(f"{name} < {bound} <=" for name, bound in zip(tiers.names, bounds, strict=False)) + f" {tiers.names[-1]}"
 
 
+SHIPPED_CALLBACK = "hooks.glm_saver_hook.proxy_handler_instance"
+
+
+def check_plugin_callback(config: dict[str, Any], config_dir: Path) -> None:
+    """LiteLLM loads the plugin from `litellm_settings.callbacks`: without an entry for it the proxy
+    starts and routes nothing, with the entry's file missing it does not start."""
+    callbacks = (config.get("litellm_settings") or {}).get("callbacks") or []
+    for entry in [callbacks] if isinstance(callbacks, str) else [str(entry) for entry in callbacks]:
+        source = _callback_source(entry, config_dir)
+        if source is not None and "glm_saver" in source.read_text(encoding="utf-8", errors="replace"):
+            return
+        if entry == SHIPPED_CALLBACK and source is None:
+            raise ConfigError(f"litellm_settings.callbacks: {entry} needs {config_dir / 'hooks' / 'glm_saver_hook.py'} (the repo's hooks/, beside the config)")
+    raise ConfigError(f"litellm_settings.callbacks: none loads the glm_saver plugin, so the proxy would route nothing (add {SHIPPED_CALLBACK})")
+
+
+def _callback_source(entry: str, config_dir: Path) -> Path | None:
+    """The file a callback entry loads: beside the config, where LiteLLM looks first, or an installed module."""
+    module = entry.rpartition(".")[0]
+    beside = config_dir / f"{module.replace('.', '/')}.py"
+    if beside.is_file() or not module or entry == SHIPPED_CALLBACK:  # the shipped hook is no installed module
+        return beside if beside.is_file() else None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from glm_saver.books.store import redis_url
     from glm_saver.classifier import build_classifier
@@ -72,6 +103,7 @@ def _check_config(args: argparse.Namespace) -> int:
     tiers = build_tiers(settings, config, build_classifier(settings.classifier))
     if settings.state == "redis":
         redis_url(settings, config)  # where the proxy's start would fail on it (read from this environment)
+    check_plugin_callback(config, Path(args.path).resolve().parent)
     print(f"{args.path}: OK (strategy {settings.strategy}, entry models {', '.join(settings.entry_models)}, tiers {', '.join(tiers.names)})")
     return 0
 

@@ -31,6 +31,7 @@ def test_fixed_strategies_route_everything_one_way(start_proxy: Callable[..., Pr
         ({"classifier": {"thresold": 0.4}}, "glm_saver.classifier.thresold: unknown key"),
         ({"strategy": "speculative"}, "glm_saver.strategy"),
         ({"local_group": "ollama"}, "glm_saver.local_group: ollama not found in model_list"),
+        ({"keys": [{"alias": "ci", "key_sha256": "a" * 64, "models": ["glm_saver"]}]}, "glm_saver.keys: ci's models glm_saver not found in model_list"),
     ],
 )
 def test_bad_plugin_config_stops_startup_naming_the_key(

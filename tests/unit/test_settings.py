@@ -82,6 +82,18 @@ def test_groups_must_exist_in_model_list() -> None:
         settings_from_config(config)
 
 
+KEY = {"alias": "alice", "key_sha256": "a" * 64}
+
+
+def test_a_keys_models_must_be_models_of_the_proxy() -> None:
+    models = [{"model_name": "local"}, {"model_name": "cerebras", "model_info": {"access_groups": ["paid"]}}, {"model_name": "glm-saver"}]
+    config = {"model_list": models, "glm_saver": {"keys": [{**KEY, "models": ["glm-saverr"]}]}}
+    with pytest.raises(ConfigError, match=r"glm_saver\.keys: alice's models glm-saverr not found in model_list \(have: cerebras, glm-saver, local\)"):
+        settings_from_config(config)
+    for allowed in (["glm-saver", "local"], ["paid"], ["all-proxy-models"], ["cerebras/*"]):
+        settings_from_config({"model_list": models, "glm_saver": {"keys": [{**KEY, "models": allowed}]}})
+
+
 def test_entry_model_cannot_be_a_routing_target() -> None:
     config = {"model_list": [{"model_name": "local"}, {"model_name": "cerebras"}], "glm_saver": {"entry_models": ["local"]}}
     with pytest.raises(ConfigError, match=r"glm_saver\.entry_models"):

@@ -1,6 +1,7 @@
 """target_cloud_share picks the threshold from a traffic sample; `glm-saver calibrate` does it from a file."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -163,5 +164,6 @@ def test_check_config_accepts_a_target_cloud_share(tmp_path: Path, capsys) -> No
     config["glm_saver"]["classifier"].pop("threshold", None)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
+    shutil.copytree(SHIPPED_CONFIG.parent / "hooks", tmp_path / "hooks")  # the plugin's hook, beside the config
     assert main(["check-config", str(path)]) == 0
     assert "OK" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -83,6 +84,24 @@ def test_check_config_names_the_bad_key(tmp_path, capsys) -> None:
     path.write_text(yaml.safe_dump(config))
     assert main(["check-config", str(path)]) == 2
     assert "glm_saver.strategy" in capsys.readouterr().err
+
+
+def test_check_config_fails_when_no_callback_loads_the_plugin(tmp_path, capsys) -> None:
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["litellm_settings"]["callbacks"] = ["prometheus"]
+    path = tmp_path / "no-plugin.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check-config", str(path)]) == 2
+    assert "litellm_settings.callbacks: none loads the glm_saver plugin" in capsys.readouterr().err
+
+
+def test_check_config_fails_when_the_hook_file_is_not_beside_the_config(tmp_path, capsys) -> None:
+    path = tmp_path / "litellm_config.yaml"
+    path.write_text(SHIPPED_CONFIG.read_text())
+    assert main(["check-config", str(path)]) == 2
+    assert f"needs {tmp_path / 'hooks' / 'glm_saver_hook.py'}" in capsys.readouterr().err
+    shutil.copytree(SHIPPED_CONFIG.parent / "hooks", tmp_path / "hooks")
+    assert main(["check-config", str(path)]) == 0
 
 
 @pytest.mark.parametrize("redis_env", [None, "http://cache.internal:6379"], ids=["no-url", "not-a-redis-url"])
