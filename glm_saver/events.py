@@ -139,11 +139,12 @@ def read_success(kwargs: Mapping[str, Any], response: Any) -> CallRecord:
     )
 
 
-def read_failure(kwargs: Mapping[str, Any], error: BaseException | None = None) -> CallRecord:
+def read_failure(kwargs: Mapping[str, Any], error: BaseException | None = None, metadata: Mapping[str, Any] | None = None) -> CallRecord:
     """One failed call from its logged kwargs (a log event's, or the logging object's of a broken
-    stream). A stream cut after text was sent carries what it spent: LiteLLM's usage of the chunks
-    delivered (`combined_usage_object`), as the provider bills them."""
-    record = failure_of(_metadata(kwargs), error if error is not None else kwargs.get("exception"))
+    stream) and its metadata (by default the kwargs'). A stream cut after text was sent carries
+    what it spent: LiteLLM's usage of the chunks delivered (`combined_usage_object`), as the
+    provider bills them."""
+    record = failure_of(_metadata(kwargs) if metadata is None else metadata, error if error is not None else kwargs.get("exception"))
     usage = kwargs.get("combined_usage_object")
     completion = int(getattr(usage, "completion_tokens", 0) or 0)
     if completion == 0:

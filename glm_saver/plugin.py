@@ -52,6 +52,8 @@ LIVE_KEY = "glm_saver_live"
 # The failed call (group and fallback hop) whose reservation and holds the deployment failure hook
 # gave back, so the log event of that same call does not give them back again.
 FAILED_KEY = "glm_saver_failed"
+# Kept on LiteLLM's logging object of a request: the metadata of its first call to a deployment.
+FIRST_CALL_KEY = "glm_saver_first_call_metadata"
 # What the plugin writes into a request's metadata for its later hooks and the books. A client's own
 # copy is dropped first: a ticket in it would pass the gate on a fallback hop (no clamp, no budget
 # hold), a served count or a call role would book a Cerebras answer as free or to another key.
@@ -240,14 +242,19 @@ class GlmSaver(CustomLogger):
         metadata = kwargs.get("metadata")
         if not isinstance(metadata, dict):
             return None
+        details = getattr(kwargs.get("litellm_logging_obj"), "model_call_details", None)
+        if isinstance(details, dict):
+            details.setdefault(FIRST_CALL_KEY, metadata)  # see async_log_failure_event
         group = metadata.get("model_group")
         planned = metadata.get(PLAN_KEY)
         tag: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
         self._hold_window(tag, str(group))
         if group not in self._cloud_groups:
+            await self._give_back_earlier_hop(metadata, str(group), int(kwargs.get("fallback_depth") or 0))
             self._cap_free_output(kwargs, str(group))
             return None
         depth = int(kwargs.get("fallback_depth") or 0)
+        await self._give_back_earlier_hop(metadata, str(group), depth)
         held = metadata.get(TICKET_KEY)
         ticket = Ticket.model_validate(held) if isinstance(held, Mapping) and held.get("group") == group else None
         if ticket is None or ticket.depth != depth:
@@ -258,6 +265,20 @@ class GlmSaver(CustomLogger):
         kwargs[name] = min(asked, ticket.max_tokens) if isinstance(asked, int) else ticket.max_tokens
         self._fit_for_cerebras(kwargs, str(group))
         return kwargs
+
+    async def _give_back_earlier_hop(self, metadata: dict[str, Any], group: str, depth: int) -> None:
+        """A fallback hop begins, so the hop before it is over: its ticket, copied into this hop's
+        metadata, is given back here unless another path settled it. The failure's log event of a
+        stream that broke before its first text may run only now and read this hop's metadata
+        (LiteLLM's logging object holds the latest hop's), where it finds no ticket of its group."""
+        held = metadata.get(TICKET_KEY)
+        if not isinstance(held, Mapping) or (held.get("group"), held.get("depth")) == (group, depth):
+            return
+        metadata.pop(TICKET_KEY)
+        try:
+            await self.gate.give_back(Ticket.model_validate(held))
+        except StoreUnavailable as err:
+            logger.error("glm_saver: an earlier hop's holds were not given back: %s (they expire on their own)", err)
 
     def _fit_for_cerebras(self, kwargs: dict[str, Any], group: str) -> None:
         """What Cerebras would refuse or miss: reasoning fields on the history's assistant turns
@@ -455,10 +476,14 @@ class GlmSaver(CustomLogger):
         await self._settle_failure(record)
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
-        metadata = _metadata_of(kwargs) or {}
+        """LiteLLM logs a request's first failure only, from a task that may run after a fallback
+        hop began (a stream that broke before its first text falls back at once) and then finds
+        that hop's kwargs on the logging object: the first call's metadata says which call failed."""
+        first = kwargs.get(FIRST_CALL_KEY)
+        metadata = first if isinstance(first, dict) else _metadata_of(kwargs) or {}
         if not _claim_failure(metadata):
             return  # settled by the deployment failure hook, or as a broken stream
-        await self._settle_failure(read_failure(kwargs))
+        await self._settle_failure(read_failure(kwargs, metadata=metadata))
 
     async def _settle_failure(self, record: CallRecord) -> None:
         """A failed call: its reservation given back, counted and logged (once per call). Its budget
@@ -493,7 +518,7 @@ class GlmSaver(CustomLogger):
         """Fold Cerebras' rate-limit headers into the headroom and release the call's reservation."""
         if self.headroom is None:
             return
-        reservation = record.ticket.reservation if record.ticket else None
+        reservation = record.ticket.reservation if record.ticket is not None and self.gate.settled.first(record.ticket) else None
         try:
             quota = await self.headroom.observe(
                 record.headers, reservation, record.rate_limited, record.received_at, group=record.group, answered=record.error is None

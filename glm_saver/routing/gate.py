@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,26 @@ def clamp(asked: int | None, cap: int) -> int:
     return cap if asked is None else max(1, min(asked, cap))
 
 
+class SettledTickets:
+    """The tickets given back or charged, by id: each once, whichever path comes first (its
+    answer's log event, its failure's, a broken stream, the next hop of a fallback). The headroom's
+    reservations are a count of tokens in flight: one given back twice would admit more than
+    Cerebras allows. Bounded: a ticket settles within its request; the oldest ids go first."""
+
+    def __init__(self, kept: int = 16384) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._kept = kept
+
+    def first(self, ticket: Ticket) -> bool:
+        """True the first time a ticket is settled; False ever after."""
+        if ticket.id in self._ids:
+            return False
+        self._ids[ticket.id] = None
+        if len(self._ids) > self._kept:
+            self._ids.popitem(last=False)
+        return True
+
+
 class CloudGate:
     def __init__(
         self,
@@ -68,6 +89,7 @@ class CloudGate:
         self._budgets = budgets
         self._prices_of = prices_of
         self._rate_limits = rate_limits
+        self.settled = SettledTickets()
 
     def clamp(self, asked: int | None) -> int:
         return clamp(asked, self._rate_limits.max_tokens_cap)
@@ -115,10 +137,11 @@ class CloudGate:
             admission = await self.headroom.admit(tokens, group)
         return admission
 
-    async def cancel(self, ticket: Ticket) -> None:
-        """The call never reached the paid model: give back its headroom and its holds."""
-        await self._release_headroom(ticket)
-        await self._budgets.release(ticket.key, ticket.id)
+    async def give_back(self, ticket: Ticket) -> None:
+        """A call that is over without an answer: its headroom and its holds are free again (once)."""
+        if self.settled.first(ticket):
+            await self._release_headroom(ticket)
+            await self._budgets.release(ticket.key, ticket.id)
 
     async def _release_headroom(self, ticket: Ticket) -> None:
         if self.headroom is not None and ticket.reservation is not None:

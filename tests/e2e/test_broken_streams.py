@@ -126,6 +126,20 @@ def test_a_cerebras_stream_cut_after_text_gives_back_what_it_held_and_is_counted
     assert_settled_once(proxy, before, warned, {"local:500": 1} if fallback else {})
 
 
+@pytest.mark.parametrize("round_", range(3))  # the failure's log task races the fallback hop: a few rounds
+def test_a_routed_cerebras_stream_cut_before_any_text_is_answered_by_local_and_gives_back_what_it_held(
+    proxy: Proxy, breaking: FakeUpstream, local_upstream: FakeUpstream, round_: int
+) -> None:
+    """LiteLLM falls back at once and logs the failure from a task that may run only after the
+    local hop began: the failure is still Cerebras', counted once, and its holds are given back."""
+    before, warned = failures(proxy), len(failure_warnings(proxy))
+    breaking.inject("reset_midstream", after_chunks=0)  # the role chunk, then the cut
+    response, events = ask(proxy, route="cerebras")
+    assert (response.status_code, text_of(events), events[-1]) == (200, "Hello from local.", "[DONE]")
+    assert [r.outcome for r in breaking.requests] == ["fault:reset_midstream"] and len(local_upstream.requests) == 1
+    assert_settled_once(proxy, before, warned, {})
+
+
 def test_a_fallback_hops_cerebras_stream_cut_before_any_text_gives_back_what_it_held_and_is_counted_once(
     proxy: Proxy, breaking: FakeUpstream, local_upstream: FakeUpstream
 ) -> None:
