@@ -143,9 +143,10 @@ def read_failure(kwargs: Mapping[str, Any], error: BaseException | None = None, 
     """One failed call from its logged kwargs (a log event's, or the logging object's of a broken
     stream) and its metadata (by default the kwargs'). A stream cut after text was sent carries
     what it spent: LiteLLM's usage of the chunks delivered (`combined_usage_object`), as the
-    provider bills them."""
-    record = failure_of(_metadata(kwargs) if metadata is None else metadata, error if error is not None else kwargs.get("exception"))
-    usage = kwargs.get("combined_usage_object")
+    provider bills them; the kwargs of another call (a later hop's) say nothing of its spend."""
+    own = _metadata(kwargs)
+    record = failure_of(own if metadata is None else metadata, error if error is not None else kwargs.get("exception"))
+    usage = kwargs.get("combined_usage_object") if metadata is None or metadata is own else None
     completion = int(getattr(usage, "completion_tokens", 0) or 0)
     if completion == 0:
         return record

@@ -246,15 +246,14 @@ class GlmSaver(CustomLogger):
         if isinstance(details, dict):
             details.setdefault(FIRST_CALL_KEY, metadata)  # see async_log_failure_event
         group = metadata.get("model_group")
+        depth = int(kwargs.get("fallback_depth") or 0)
+        await self._give_back_earlier_hop(metadata, str(group), depth)
         planned = metadata.get(PLAN_KEY)
         tag: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
         self._hold_window(tag, str(group))
         if group not in self._cloud_groups:
-            await self._give_back_earlier_hop(metadata, str(group), int(kwargs.get("fallback_depth") or 0))
             self._cap_free_output(kwargs, str(group))
             return None
-        depth = int(kwargs.get("fallback_depth") or 0)
-        await self._give_back_earlier_hop(metadata, str(group), depth)
         held = metadata.get(TICKET_KEY)
         ticket = Ticket.model_validate(held) if isinstance(held, Mapping) and held.get("group") == group else None
         if ticket is None or ticket.depth != depth:
