@@ -111,7 +111,7 @@ class ClassifierSettings(_Strict):
     # Keywords are added to the defaults unless replace_default_keywords is set.
     replace_default_keywords: bool = False
     lookup_keywords: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_LOOKUP_KEYWORDS), description="simple keywords not counted in an ask with two numbers or more"
+        default_factory=lambda: list(DEFAULT_LOOKUP_KEYWORDS), description="simple keywords not counted where the conversation gives two numbers or more"
     )
     token_threshold: int = Field(default=300, ge=1, description="ask length (tokens) that alone makes an ask complex")
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="score at or above which an ask is complex")
