@@ -454,13 +454,12 @@ def _access_groups(config: dict[str, Any]) -> set[str]:
 
 def check_key_models(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
     """A key's `models` must name models the proxy has: a typo would refuse every request of the key."""
-    known = _model_groups(config) | _access_groups(config) | _LITELLM_MODEL_NAMES
+    groups = _model_groups(config)
+    known = groups | _access_groups(config) | _LITELLM_MODEL_NAMES
     for key in settings.keys:
         unknown = [name for name in key.models if name not in known and not {"*", "/"} & set(name)]
         if unknown:
-            raise ConfigError(
-                f"{SECTION}.keys: {key.alias}'s models {', '.join(unknown)} not found in model_list (have: {', '.join(sorted(_model_groups(config)))})"
-            )
+            raise ConfigError(f"{SECTION}.keys: {key.alias}'s models {', '.join(unknown)} not found in model_list (have: {', '.join(sorted(groups))})")
 
 
 def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:

@@ -135,7 +135,8 @@ class ComplexityClassifier:
 
     def score_text(self, ask: str, context: str = "") -> tuple[float, list[tuple[float, str]]]:
         """The score of an ask and every part of it (weights in logit units; they sum to the logit)."""
-        evidence = self.rule_evidence(ask, context) + self.context_evidence(ask, context)
+        evidence = self.rule_evidence(ask, context)
+        evidence += self.context_evidence(ask, context, latest={reason for _, reason in evidence})
         if self._model is None:
             evidence.append((_PRIOR, "prior: asks lean local"))
         else:
@@ -157,11 +158,11 @@ class ComplexityClassifier:
             evidence.append((0.8, "several code blocks"))
         return evidence
 
-    def context_evidence(self, ask: str, context: str) -> list[tuple[float, str]]:
-        """Keywords and regex rules of the earlier asks that the latest ask does not repeat, scaled down."""
+    def context_evidence(self, ask: str, context: str, latest: set[str]) -> list[tuple[float, str]]:
+        """Keywords and regex rules of the earlier asks that the latest ask does not repeat (`latest`:
+        the reasons of its own rule evidence), scaled down."""
         if not context:
             return []
-        latest = {reason for _, reason in self._matches(ask, conversation=(ask, context))}
         earlier = self._matches(context, conversation=(ask, context))
         return [(CONTEXT_RULE_SHARE * weight, f"earlier ask: {reason}") for weight, reason in earlier if reason not in latest]
 
