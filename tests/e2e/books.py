@@ -9,6 +9,8 @@ import httpx
 from tests.e2e.polling import poll
 from tests.e2e.proxy import MASTER_KEY, Proxy
 
+CEREBRAS_IN, CEREBRAS_OUT = 2.25e-6, 2.75e-6  # the shipped config's Cerebras prices per token
+
 
 def books(proxy: Proxy) -> dict[str, Any]:
     books: dict[str, Any] = httpx.get(f"{proxy.url}/stats", headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=10).json()["books"]

@@ -16,13 +16,12 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.books import books, books_holding
+from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT, books, books_holding
 from tests.e2e.polling import poll
 from tests.e2e.proxy import MASTER_KEY, Proxy, metric
 from tests.e2e.redis_server import running_redis
 from tests.fakes.upstream import FakeUpstream
 
-CEREBRAS_IN, CEREBRAS_OUT = 2.25e-6, 2.75e-6  # the shipped config's prices per token
 SIMPLE = "hello, what is a tuple?"
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"
 

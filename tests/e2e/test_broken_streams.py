@@ -22,14 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.held import DEADLINE, failures, grew, proxy_showing_holds, settled, stats
+from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT, books
+from tests.e2e.held import DEADLINE, failures, grew, proxy_showing_holds, settled
 from tests.e2e.polling import poll
 from tests.e2e.proxy import CEREBRAS_KEY, MASTER_KEY, Proxy
 from tests.fakes import tokens
 from tests.fakes.upstream import FakeUpstream
 
 SIMPLE = "hello, what is a tuple?"  # the plan sends it local; local's 500 sends it to Cerebras
-PRICES = (2.25e-6, 2.75e-6)  # the test config's Cerebras prices per prompt and completion token
 # LiteLLM counts a prompt with a few tokens of chat framing per message, which the fake leaves out.
 FRAMING_TOKENS = 12
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
@@ -155,7 +155,7 @@ def test_a_fallback_hops_cerebras_stream_cut_before_any_text_gives_back_what_it_
 
 
 def cerebras_books(proxy: Proxy) -> dict[str, float]:
-    snapshot = stats(proxy)["books"]
+    snapshot = books(proxy)
     cerebras = snapshot["by_model"].get("cerebras", {})
     fields = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
     return {**{field: cerebras.get(field, 0) for field in fields}, "budget_spent_usd": snapshot["budgets"]["global"]["spent_usd"]}
@@ -179,5 +179,5 @@ def test_a_cerebras_stream_cut_after_text_is_booked_for_the_prompt_and_the_text_
     assert grown["requests"] == 1
     assert grown["completion_tokens"] == tokens.count_tokens(text_of(events))
     assert sent_prompt <= grown["prompt_tokens"] <= sent_prompt + FRAMING_TOKENS
-    cost = grown["prompt_tokens"] * PRICES[0] + grown["completion_tokens"] * PRICES[1]
+    cost = grown["prompt_tokens"] * CEREBRAS_IN + grown["completion_tokens"] * CEREBRAS_OUT
     assert grown["cost_usd"] == pytest.approx(cost) and grown["budget_spent_usd"] == pytest.approx(cost)

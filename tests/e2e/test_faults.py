@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT
 from tests.e2e.conftest import CLOUD_WINDOW, LOCAL_WINDOW
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config
 from tests.fakes.upstream import FakeUpstream
@@ -249,7 +250,7 @@ def test_a_stream_cut_after_text_was_sent_ends_with_an_error_event_not_another_m
 
 def cost_of_one_cerebras_answer(cerebras_upstream: FakeUpstream) -> float:
     (answer,) = cerebras_upstream.served  # only assert_serves_normally's answer was delivered
-    return answer.prompt_tokens * 2.25e-6 + answer.completion_tokens * 2.75e-6
+    return answer.prompt_tokens * CEREBRAS_IN + answer.completion_tokens * CEREBRAS_OUT
 
 
 def test_a_stream_that_ends_without_done_still_delivers_its_text_once_in_the_books(fault_proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:

@@ -24,13 +24,13 @@ import httpx
 import pytest
 
 from tests.e2e import polling
+from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
 from tests.e2e.redis_server import running_redis
 from tests.fakes.answers import ReplyRule
 from tests.fakes.tokens import count_tokens
 from tests.fakes.upstream import FakeUpstream
 
-CEREBRAS_IN, CEREBRAS_OUT = 2.25e-6, 2.75e-6  # the shipped config's prices per token
 MAX_TOKENS_CAP = 16384  # the shipped rate_limits.max_tokens_cap
 SIMPLE = "hello, what is a tuple?"
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"

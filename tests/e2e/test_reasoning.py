@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests import cline_shapes as cline
-from tests.e2e.books import books, books_holding
+from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT, books, books_holding
 from tests.e2e.proxy import MASTER_KEY, Proxy
 from tests.fakes import count_tokens
 from tests.fakes.answers import ReplyRule
@@ -20,7 +20,6 @@ from tests.fakes.upstream import FakeUpstream
 COMPLEX = "Refactor the scheduler architecture to remove the race condition in the distributed lock"
 THOUGHT = "The user wants the lock fixed. I look at the scheduler first, then the lock, then answer."
 THOUGHT_TOKENS = count_tokens(THOUGHT)
-CEREBRAS_IN, CEREBRAS_OUT = 2.25e-6, 2.75e-6  # the shipped config's prices per token
 RETRY_ROOM = 4096  # the shipped default of glm_saver.reasoning.<group>.retry_room
 
 
