@@ -62,6 +62,32 @@ def group_takes_images(config: Mapping[str, Any], group: str) -> bool:
     return bool(known) and all(known)
 
 
+# model_info key: stop sequences added to every request's own `stop` for this deployment. A request
+# that brings a stop list replaces the server's default one (llama.cpp's `--reverse-prompt`), and a
+# base model such as the embedded Gemma then writes the next "Question:" itself, up to max_tokens.
+ALWAYS_STOP = "always_stop"
+
+
+def always_stop_problem(info: Any) -> str | None:
+    """What is wrong with a model_info's always_stop (None if it is absent or a list of strings)."""
+    value = info.get(ALWAYS_STOP) if isinstance(info, Mapping) else None
+    if value is None or (isinstance(value, list) and all(isinstance(stop, str) and stop for stop in value)):
+        return None
+    return f"must be a list of non-empty strings, got {value!r}"
+
+
+def with_always_stop(asked: Any, always: Any) -> list[str] | None:
+    """The request's stop sequences followed by the deployment's always_stop ones it lacks; None
+    when there is nothing to add, or the request's `stop` is neither a string nor a list of them
+    (left as sent, for the server to refuse)."""
+    if not isinstance(always, list) or not always:
+        return None
+    own = [asked] if isinstance(asked, str) else asked if isinstance(asked, list) else [] if asked is None else None
+    if own is None or not all(isinstance(stop, str) for stop in own):
+        return None
+    return [*own, *(stop for stop in always if stop not in own)]
+
+
 def api_key_configured(config: Mapping[str, Any], group: str) -> bool:
     """Whether the group's api_key resolves to something (without ever reading the value out)."""
     for entry in _entries(config, group):

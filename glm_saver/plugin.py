@@ -32,6 +32,7 @@ from glm_saver.callers import caller_label
 from glm_saver.cascade.live import LiveAnswers, stream_live
 from glm_saver.cascade.speculator import PASSTHROUGH, Speculator, call_metadata, placeholder_mock
 from glm_saver.classifier import Classifier, build_classifier
+from glm_saver.deployments import ALWAYS_STOP, with_always_stop
 from glm_saver.events import CALL_KEY, PLAN_KEY, SERVED_KEY, CallRecord, failure_of, read_failure, read_success
 from glm_saver.failures import REFUSALS_KEY, no_model_answered, note_refusal, redacted, refused_fallback
 from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
@@ -251,6 +252,7 @@ class GlmSaver(CustomLogger):
         planned = metadata.get(PLAN_KEY)
         tag: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
         self._hold_window(tag, str(group))
+        self._keep_always_stop(kwargs, metadata)
         if group not in self._cloud_groups:
             self._cap_free_output(kwargs, str(group))
             return None
@@ -289,6 +291,14 @@ class GlmSaver(CustomLogger):
         effort = self.settings.reasoning_of(group).effort
         if effort is not None and kwargs.get("reasoning_effort") is None:
             kwargs["reasoning_effort"] = effort
+
+    @staticmethod
+    def _keep_always_stop(kwargs: dict[str, Any], metadata: Mapping[str, Any]) -> None:
+        """The deployment's always_stop sequences go with the request's own `stop` (deployments.py)."""
+        info = metadata.get("model_info")
+        stops = with_always_stop(kwargs.get("stop"), info.get(ALWAYS_STOP) if isinstance(info, Mapping) else None)
+        if stops is not None:
+            kwargs["stop"] = stops
 
     def _cap_free_output(self, kwargs: dict[str, Any], group: str) -> None:
         """A free tier's answer is capped at its deployments' max_output_tokens: a local server asked

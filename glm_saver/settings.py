@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from glm_saver.deployments import ALWAYS_STOP, always_stop_problem
+
 SECTION = "glm_saver"
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url takes
 
@@ -462,6 +464,14 @@ def check_key_models(settings: GlmSaverSettings, config: dict[str, Any]) -> None
             raise ConfigError(f"{SECTION}.keys: {key.alias}'s models {', '.join(unknown)} not found in model_list (have: {', '.join(sorted(groups))})")
 
 
+def check_model_info(config: dict[str, Any]) -> None:
+    """The model_info keys the plugin reads besides LiteLLM's own."""
+    for index, entry in enumerate(config.get("model_list") or []):
+        problem = always_stop_problem(entry.get("model_info")) if isinstance(entry, dict) else None
+        if problem:
+            raise ConfigError(f"model_list[{index}] ({entry.get('model_name')}).model_info.{ALWAYS_STOP}: {problem}")
+
+
 def check_groups(settings: GlmSaverSettings, config: dict[str, Any]) -> None:
     """The groups the plugin routes between must exist in model_list."""
     groups = _model_groups(config)
@@ -503,4 +513,5 @@ def settings_from_config(config: dict[str, Any]) -> GlmSaverSettings:
     settings = parse_settings(config.get(SECTION))
     check_groups(settings, config)
     check_key_models(settings, config)
+    check_model_info(config)
     return settings

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from glm_saver.deployments import api_key_configured
+from glm_saver.deployments import ALWAYS_STOP, api_key_configured
 from glm_saver.launcher.local_model import Layout
-from glm_saver.launcher.local_server import ServeOptions, server_command, start_server
+from glm_saver.launcher.local_server import QA_STOP, ServeOptions, server_command, start_server
 from glm_saver.launcher.processes import STOP_TIMEOUT, ChildFailed, Stopped, Supervisor, answers, spawn, stop_on_signals, wait_until
 from glm_saver.settings import GlmSaverSettings, load_config_file, settings_from_config
 
@@ -75,6 +75,9 @@ def derive_config(config: dict[str, Any], settings: GlmSaverSettings, serve: Ser
         info = entry.setdefault("model_info", {})
         info["max_input_tokens"] = serve.max_input_tokens
         info["max_output_tokens"] = min(int(info.get("max_output_tokens") or serve.max_output_tokens), serve.max_output_tokens)
+        if serve.embedded:  # its server stops at QA_STOP unless a request brings its own stop list
+            stops = info.get(ALWAYS_STOP) or []
+            info[ALWAYS_STOP] = [*stops, *([] if QA_STOP in stops else [QA_STOP])]
     return derived
 
 

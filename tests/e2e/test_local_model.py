@@ -73,6 +73,19 @@ def _chat(embedded: EmbeddedServer, **body: object) -> dict:
     return response.json()
 
 
+@pytest.mark.parametrize("stop", ["</answer>", ["</answer>"]], ids=["string", "list"])
+def test_a_request_with_its_own_stop_still_ends_at_the_next_question(client: openai.OpenAI, embedded: EmbeddedServer, stop: str | list[str]) -> None:
+    """A request's `stop` replaces the server's default one (QA_STOP): the proxy adds it back
+    (the derived config's model_info.always_stop). Sent straight to the server, the same request
+    runs on into a question of its own."""
+    ask = {"messages": CAPITAL, "temperature": 0, "max_tokens": 64, "stop": stop}
+    assert QA_STOP in _chat(embedded, **ask)["choices"][0]["message"]["content"]
+    answer = client.chat.completions.create(model="glm-saver", **ask)  # type: ignore[call-overload]
+    text = answer.choices[0].message.content or ""
+    assert "Paris" in text and QA_STOP not in text
+    assert answer.choices[0].finish_reason == "stop"
+
+
 def test_embedded_server_returns_logprobs_for_drafts(embedded: EmbeddedServer) -> None:
     """What draft scoring relies on: the server gives per-token logprobs with the answer."""
     choice = _chat(embedded, logprobs=True, top_logprobs=2)["choices"][0]

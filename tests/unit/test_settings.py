@@ -94,6 +94,15 @@ def test_a_keys_models_must_be_models_of_the_proxy() -> None:
         settings_from_config({"model_list": models, "glm_saver": {"keys": [{**KEY, "models": allowed}]}})
 
 
+@pytest.mark.parametrize("always_stop", ["Question:", [""], ["Question:", 3]])
+def test_an_always_stop_that_is_not_a_list_of_strings_stops_the_start_naming_the_entry(always_stop: object) -> None:
+    models = [{"model_name": "local", "model_info": {"always_stop": always_stop}}, {"model_name": "cerebras"}, {"model_name": "glm-saver"}]
+    with pytest.raises(ConfigError, match=r"model_list\[0\] \(local\)\.model_info\.always_stop: must be a list of non-empty strings"):
+        settings_from_config({"model_list": models})
+    models[0]["model_info"] = {"always_stop": ["Question:", "\n\n"]}
+    settings_from_config({"model_list": models})
+
+
 def test_entry_model_cannot_be_a_routing_target() -> None:
     config = {"model_list": [{"model_name": "local"}, {"model_name": "cerebras"}], "glm_saver": {"entry_models": ["local"]}}
     with pytest.raises(ConfigError, match=r"glm_saver\.entry_models"):

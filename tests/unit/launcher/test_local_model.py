@@ -207,6 +207,7 @@ def test_derived_config_points_only_the_local_group_at_the_embedded_server() -> 
     assert local["litellm_params"]["api_base"] == "http://127.0.0.1:8282/v1"
     assert local["litellm_params"]["model"] == f"openai/{EMBEDDED_ALIAS}"
     assert local["model_info"]["max_input_tokens"] == options.max_input_tokens < 8192
+    assert local["model_info"]["always_stop"] == [QA_STOP]  # a request's own stop list keeps it
     assert [e for e in derived["model_list"] if e["model_name"] != "local"] == [e for e in config["model_list"] if e["model_name"] != "local"]
     assert {k: v for k, v in derived.items() if k != "model_list"} == {k: v for k, v in config.items() if k != "model_list"}
     settings_from_config(derived)  # still a valid config
