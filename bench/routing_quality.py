@@ -15,7 +15,10 @@ other shippable sources only (ridge, blend and kind weight chosen by leave-one-s
 - Arena-Hard judge preferences (all 500 prompts; GPT-4-0314 vs five weaker models, GPT-4 Turbo judge);
 - AlpacaEval judge preferences (all 800 prompts; CC BY-NC, so evaluation only: the router held out
   from it is the shipped one, fitted on the three other sources);
-- our coding-assistant asks (test split; sent as real Cline requests).
+- our coding-assistant asks (test split; sent as real Cline requests);
+and a closer look at AlpacaEval's 75 Vicuna prompts (multi-category chat: writing, role-play,
+math, coding, ...), the nearest thing here to judged multi-turn chat, an independent benchmark
+the router is also judged on.
 Routers: the new router (refitted without the held-out source), the shipped new router (fitted on
 all three shippable sources: on MMLU, Arena-Hard and coding it is NOT held out, shown for
 comparison with today's scorer), today's scorer (bench/scorer_v1.py: fitted on MMLU and coding
@@ -73,15 +76,27 @@ def held_out_sets() -> dict[str, tuple[list[Item], bool]]:
         "arena_hard": (preferences("arena_hard"), False),
         "alpaca_eval": (preferences("alpaca_eval"), False),
         "coding": (of_split(coding(), "test"), True),
+        # A closer look at a part of AlpacaEval, measured by the router held out from it: the nearest
+        # thing here to judged multi-category chat. Small: read its interval.
+        "vicuna": ([item for item in preferences("alpaca_eval") if item.group == "vicuna"], False),
     }
 
 
-@cache  # bench/tiers_quality.py asks for the same routers again
+# The source each closer look is a part of: its router is the one held out from that source.
+PART_OF = {"vicuna": "alpaca_eval"}
+
+
 def new_router_without(held: str) -> ComplexityClassifier:
-    """The new router refitted on the shippable sources other than `held`.
+    """The new router refitted on the shippable sources other than `held` (for the closer look:
+    other than the source it is a part of).
 
     For "mmlu-math" every source is used, but MMLU without its math subjects (all their splits).
     """
+    return _refitted_without(PART_OF.get(held, held))
+
+
+@cache  # the closer look and bench/tiers_quality.py ask for the same routers again
+def _refitted_without(held: str) -> ComplexityClassifier:
     if held == "mmlu-math":
         return train_scorer.classifier_of(train_scorer.shipped(SHIPPABLE, log=False, without_groups=MATH_SUBJECTS))
     sources = [name for name in SHIPPABLE if name != held]
