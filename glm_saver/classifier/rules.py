@@ -13,7 +13,8 @@ The score is a logistic squash of additive evidence from two sources:
   what the ask means (an offline word embedding) and its shape (length, code, math, ...), fitted
   on top of the default rules to explain what they miss, so the rules keep their weights.
 In a conversation the latest ask is read with the user's earlier asks as context: a short "yes, do
-it" after a hard request is the hard request. The rules read the latest ask alone.
+it" after a hard request is the hard request. What the rules find in the earlier asks (keywords,
+regex rules, length) counts half.
 Every part of the score becomes a reason (the prior or learned baseline included). The label compares the score with
 `threshold`, or with the threshold that sends `target_cloud_share` of a traffic sample to the cloud.
 A custom classifier is any object with the same `classify` method, named by dotted path in
@@ -52,8 +53,9 @@ _LENGTH_WEIGHT_CAP = 3.0
 _CODE_FENCE = re.compile(r"```")
 # Evidence smaller than this (logit units) is left out of the reasons; it still counts in the score.
 _MIN_REASON = 0.05
-# Keywords and regex rules found only in the earlier asks of a conversation count this much of their
-# weight: "yes, do it" after "fix the race condition" is still about the race condition.
+# Keywords and regex rules found only in the earlier asks of a conversation, and their length, count
+# this much of their weight: "yes, do it" after "fix the race condition" is still about the race
+# condition, and after a long request still part of a long job.
 CONTEXT_RULE_SHARE = 0.5
 # Verdicts kept per classifier, by a digest of (ask, context). An agent's task sends the same latest
 # ask with every tool round (tool results carry no words of the user), so most requests repeat a
@@ -160,11 +162,16 @@ class ComplexityClassifier:
 
     def context_evidence(self, ask: str, context: str, latest: set[str]) -> list[tuple[float, str]]:
         """Keywords and regex rules of the earlier asks that the latest ask does not repeat (`latest`:
-        the reasons of its own rule evidence), scaled down."""
+        the reasons of its own rule evidence), and their length, scaled down: a short "yes, do it"
+        after a long request is part of a long job."""
         if not context:
             return []
         earlier = self._matches(context, conversation=(ask, context))
-        return [(CONTEXT_RULE_SHARE * weight, f"earlier ask: {reason}") for weight, reason in earlier if reason not in latest]
+        tokens = count_tokens(context)
+        return [
+            *[(CONTEXT_RULE_SHARE * weight, f"earlier ask: {reason}") for weight, reason in earlier if reason not in latest],
+            (CONTEXT_RULE_SHARE * self._length_weight(tokens), f"earlier asks: {tokens} tokens"),
+        ]
 
     def _matches(self, text: str, conversation: tuple[str, str]) -> list[tuple[float, str]]:
         """The keywords and regex rules found in a text; lookup keywords do not count if the conversation computes."""
@@ -198,8 +205,10 @@ class ComplexityClassifier:
 
     def _length_evidence(self, ask: str) -> tuple[float, str]:
         tokens = count_tokens(ask)
-        weight = min(_LENGTH_WEIGHT_CAP, _LENGTH_WEIGHT_AT_THRESHOLD * tokens / self.settings.token_threshold)
-        return (weight, f"ask is {tokens} tokens (threshold {self.settings.token_threshold})")
+        return (self._length_weight(tokens), f"ask is {tokens} tokens (threshold {self.settings.token_threshold})")
+
+    def _length_weight(self, tokens: int) -> float:
+        return min(_LENGTH_WEIGHT_CAP, _LENGTH_WEIGHT_AT_THRESHOLD * tokens / self.settings.token_threshold)
 
 
 def _computes(ask: str, context: str) -> bool:

@@ -11,6 +11,7 @@ import pytest
 from glm_saver.classifier import ComplexityClassifier
 from glm_saver.classifier.features import SCAN_CHARS, extract
 from glm_saver.classifier.learned import shipped_model
+from glm_saver.classifier.rules import CONTEXT_RULE_SHARE
 from glm_saver.classifier.semantic import EMBED_CHARS, conversation_asks, embedding_text
 from glm_saver.request import latest_ask
 from glm_saver.settings import ClassifierSettings, RegexRule
@@ -157,6 +158,24 @@ def test_a_short_yes_after_a_hard_request_is_not_easy() -> None:
     assert any(reason.startswith("earlier ask: complex keyword 'race condition'") for reason in after_hard.reasons)
 
 
+LONG_PLAIN = (
+    "Every night the export job writes one file per region into the shared folder. The finance team opens "
+    "them in the morning, copies the totals into their own sheet, then mails the regional leads a summary "
+    "with last week's figures beside this week's, and the leads answer with their notes on each line."
+)
+
+
+def test_a_short_yes_after_a_long_request_counts_half_of_its_length() -> None:
+    classifier = ComplexityClassifier()
+    alone, _ = classifier.score_text("yes do it")
+    after, evidence = classifier.score_text("yes do it", LONG_PLAIN)
+    _, as_an_ask = classifier.score_text(LONG_PLAIN)
+    (own_length,) = [weight for weight, reason in as_an_ask if reason.startswith("ask is ")]
+    (earlier_length,) = [weight for weight, reason in evidence if reason.startswith("earlier asks: ")]
+    assert earlier_length == pytest.approx(CONTEXT_RULE_SHARE * own_length) and earlier_length > 0
+    assert after > alone
+
+
 def test_a_short_yes_after_an_easy_request_stays_easy() -> None:
     assert ComplexityClassifier().classify(conversation("Fix the typo in the README title", "yes do it")).label == "simple"
 
@@ -188,6 +207,7 @@ socket.socket.connect_ex = refuse
 socket.getaddrinfo = refuse
 socket.create_connection = refuse
 from glm_saver.classifier import ComplexityClassifier
+from glm_saver.classifier.rules import CONTEXT_RULE_SHARE
 verdict = ComplexityClassifier().classify([{"role": "user", "content": "why is this slow?"}])
 print(len(attempts), "wordllama" in sys.modules, any(r.startswith("learned: meaning") for r in verdict.reasons))
 """
