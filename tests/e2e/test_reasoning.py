@@ -263,3 +263,29 @@ def test_a_verdict_still_empty_after_the_retry_is_a_verify_failure_with_the_reas
     assert raw.headers["x-glm-saver-route"] == "draft-accepted"
     assert "reasoning-spent-budget" in raw.headers["x-glm-saver-reason"]
     assert raw.parse().choices[0].message.content == "Jupiter is the largest planet."
+
+
+def legacy_function_history() -> list[dict[str, Any]]:
+    """A later turn of a client on OpenAI's legacy function calling (older LangChain agents): the
+    assistant's call is a `function_call`, its result a `function` message."""
+    call = {"name": "read_file", "arguments": json.dumps({"path": "scheduler.py"})}
+    return [*ask(), {"role": "assistant", "content": None, "function_call": call}, {"role": "function", "name": "read_file", "content": "class Scheduler: ..."}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_legacy_function_call_in_the_history_reaches_cerebras_as_the_tool_call_it_stands_for(
+    client: openai.OpenAI, thinker: FakeUpstream, stream: bool
+) -> None:
+    sent = legacy_function_history()
+    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=sent, stream=stream)
+    answer = raw.parse()
+    if stream:
+        list(answer)
+    assert raw.headers["x-glm-saver-route"] == "cerebras"
+    (request,) = thinker.requests
+    assert request.status == 200
+    user, assistant, result = request.body["messages"]
+    assert user == sent[0]
+    (call,) = assistant["tool_calls"]
+    assert call["type"] == "function" and call["function"] == sent[1]["function_call"]
+    assert result == {"role": "tool", "tool_call_id": call["id"], "content": sent[2]["content"]}

@@ -217,3 +217,16 @@ def test_models_and_model_info_list_the_entry_model_with_prices(proxy: Proxy, cl
     assert entry["model_info"]["max_output_tokens"] == 16384
     assert entry["model_info"]["input_cost_per_token"] == pytest.approx(2.25e-6)
     assert entry["model_info"]["output_cost_per_token"] == pytest.approx(2.75e-6)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_logprobs_asked_of_a_request_cerebras_answers_reach_it_and_come_back(client: openai.OpenAI, cerebras_upstream: FakeUpstream, stream: bool) -> None:
+    """Cerebras serves logprobs and top_logprobs; a client asking for them gets them whoever answers."""
+    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(COMPLEX), stream=stream, logprobs=True, top_logprobs=2)
+    parsed = raw.parse()
+    choices = [choice for chunk in parsed for choice in chunk.choices] if stream else parsed.choices
+    entries = [entry for choice in choices if choice.logprobs for entry in choice.logprobs.content or []]
+    assert raw.headers["x-glm-saver-route"] == "cerebras"
+    (request,) = cerebras_upstream.requests
+    assert (request.body.get("logprobs"), request.body.get("top_logprobs")) == (True, 2)
+    assert entries and all(len(entry.top_logprobs) == 2 for entry in entries)
