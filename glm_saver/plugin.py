@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from glm_saver.request import RequestView, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
 from glm_saver.routing.tiers import Route, Tiers, build_tiers
-from glm_saver.routing.validation import request_problem
+from glm_saver.routing.validation import Invalid, request_problem, text_prompt_problem
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,9 @@ class GlmSaver(CustomLogger):
             return data
         chat = call_type in CHAT_CALL_TYPES
         if chat:
-            self._validate(data)
+            self._validate(data, request_problem)
+        elif self._may_reach_cerebras(str(data["model"])):
+            self._validate(data, text_prompt_problem)
         try:
             plan = await self.planner.plan(data, _view_of(data, chat), user_api_key_dict, chat)
         except ProxyException:
@@ -166,10 +168,15 @@ class GlmSaver(CustomLogger):
         self._apply(data, plan)
         return data
 
-    def _validate(self, data: Mapping[str, Any]) -> None:
+    def _may_reach_cerebras(self, model: str) -> bool:
+        """An entry model or a paid group (a free group's server may take what Cerebras cannot)."""
+        tier = self.tiers.of_group(model)
+        return tier is None or tier.paid
+
+    def _validate(self, data: Mapping[str, Any], problem_of: Callable[[Any], Invalid | None]) -> None:
         """A malformed request is a 400 here, before any model sees it (a bug in the check fails open)."""
         try:
-            problem = request_problem(data)
+            problem = problem_of(data)
         except Exception:
             logger.exception("glm_saver: request validation failed; passing the request on unchecked")
             self.stats.record_plugin_error()
