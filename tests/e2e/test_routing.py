@@ -70,6 +70,18 @@ def test_max_tokens_within_what_local_can_send_is_passed_as_asked(proxy: Proxy, 
     assert local_upstream.requests[-1].body["max_tokens"] == _local_max_output(proxy) - 1
 
 
+@pytest.mark.parametrize(("model", "text"), [("glm-saver", COMPLEX), ("cerebras", SIMPLE)], ids=["routed", "direct"])
+def test_a_null_max_completion_tokens_leaves_cerebras_the_max_tokens_the_client_set(
+    client: openai.OpenAI, cerebras_upstream: FakeUpstream, model: str, text: str
+) -> None:
+    """Clients that send every field send the unset one as null; the clamp must not take null for
+    "no limit" (Cerebras reserves the whole max_tokens of its quota up front)."""
+    client.chat.completions.create(model=model, messages=ask(text), max_tokens=100, max_completion_tokens=None)
+    (request,) = cerebras_upstream.requests
+    assert request.body["max_tokens"] == 100
+    assert cerebras_upstream.served[0].reserved == cerebras_upstream.served[0].prompt_tokens + 100
+
+
 def _reassembled_tool_calls(chunks: list[Any]) -> dict[int, dict[str, str]]:
     calls: dict[int, dict[str, str]] = {}
     for chunk in chunks:
