@@ -36,7 +36,7 @@ from glm_saver.deployments import ALWAYS_STOP, with_always_stop
 from glm_saver.events import CALL_KEY, PLAN_KEY, SERVED_KEY, CallRecord, failure_of, read_failure, read_success
 from glm_saver.failures import REFUSALS_KEY, no_model_answered, note_refusal, redacted, refused_fallback
 from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
-from glm_saver.request import RequestView, prompt_tokens
+from glm_saver.request import RequestView, asked_max_tokens, max_tokens_field, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
 from glm_saver.routing.tiers import Route, Tiers, build_tiers
@@ -207,7 +207,7 @@ class GlmSaver(CustomLogger):
         """The only writer of the request: its group, clamp, fallbacks, the cascade's answer, the tag."""
         data["model"] = group = self.tiers[plan.route].group
         if plan.ticket is not None:
-            data["max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"] = plan.ticket.max_tokens
+            data[max_tokens_field(data)] = plan.ticket.max_tokens
         if plan.fallbacks:
             # The plan's own list replaces router_settings.fallbacks for this request (LiteLLM's request-level fallbacks).
             data["fallbacks"] = [{group: [self.tiers[name].group for name in plan.fallbacks]}]
@@ -268,7 +268,7 @@ class GlmSaver(CustomLogger):
         if ticket is None or ticket.depth != depth:
             ticket = await self._ticket_for_hop(kwargs, metadata, tag, str(group), depth)
             metadata[TICKET_KEY] = ticket.model_dump()
-        name = "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
+        name = max_tokens_field(kwargs)
         asked = kwargs.get(name)
         kwargs[name] = min(asked, ticket.max_tokens) if isinstance(asked, int) else ticket.max_tokens
         self._fit_for_cerebras(kwargs, str(group))
@@ -337,8 +337,7 @@ class GlmSaver(CustomLogger):
             tokens = prompt_tokens(
                 messages if isinstance(messages, list) else [{"role": "user", "content": str(kwargs.get("prompt") or "")}], kwargs.get("tools")
             )
-        asked = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
-        granted = await self.gate.admit(key, group, tokens, asked if isinstance(asked, int) else None, depth)
+        granted = await self.gate.admit(key, group, tokens, asked_max_tokens(kwargs), depth)
         if isinstance(granted, Refusal):
             logger.warning("glm_saver: refused a call to %s (%s)", group, granted.reason)
             note_refusal(metadata, group, granted)
@@ -355,7 +354,7 @@ class GlmSaver(CustomLogger):
         if group not in self._cloud_groups or not spent_on_reasoning(response):
             return None
         used = int(getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0)
-        used = used or int(data.get("max_completion_tokens") or data.get("max_tokens") or 0)
+        used = used or (asked_max_tokens(data) or 0)
         room = room_for_retry(used, self.settings.reasoning_of(str(group)).retry_room, self.settings.rate_limits.max_tokens_cap)
         why = f"{group} spent all {used} max_tokens on reasoning and returned no answer"
         if room is None:
