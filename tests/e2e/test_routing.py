@@ -242,3 +242,14 @@ def test_logprobs_asked_of_a_request_cerebras_answers_reach_it_and_come_back(cli
     (request,) = cerebras_upstream.requests
     assert (request.body.get("logprobs"), request.body.get("top_logprobs")) == (True, 2)
     assert entries and all(len(entry.top_logprobs) == 2 for entry in entries)
+
+
+def test_a_text_completions_logprobs_count_is_not_sent_to_cerebras_chat_api(proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:
+    """A text completion's `logprobs` is a count (legacy API); LiteLLM turns the request into a chat
+    request for Cerebras, whose `logprobs` is a boolean, and brings no logprobs back to a text answer."""
+    body = {"model": "cerebras", "prompt": SIMPLE, "max_tokens": 8, "logprobs": 2}
+    response = httpx.post(f"{proxy.url}/v1/completions", json=body, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == "Hello from cerebras."
+    (request,) = cerebras_upstream.requests
+    assert "logprobs" not in request.body and "top_logprobs" not in request.body
