@@ -271,7 +271,7 @@ class GlmSaver(CustomLogger):
         name = max_tokens_field(kwargs)
         asked = kwargs.get(name)
         kwargs[name] = min(asked, ticket.max_tokens) if isinstance(asked, int) else ticket.max_tokens
-        self._fit_for_cerebras(kwargs, str(group))
+        self._fit_for_cerebras(kwargs, str(group), text=getattr(call_type, "value", call_type) in TEXT_CALL_TYPES)
         return kwargs
 
     async def _give_back_earlier_hop(self, metadata: dict[str, Any], group: str, depth: int) -> None:
@@ -288,9 +288,14 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable as err:
             logger.error("glm_saver: an earlier hop's holds were not given back: %s (they expire on their own)", err)
 
-    def _fit_for_cerebras(self, kwargs: dict[str, Any], group: str) -> None:
+    def _fit_for_cerebras(self, kwargs: dict[str, Any], group: str, text: bool) -> None:
         """What Cerebras would refuse or miss: reasoning fields on the history's assistant turns
-        (a 400 otherwise) and the group's default reasoning_effort. The client's value wins."""
+        (a 400 otherwise), a text completion's logprobs count (LiteLLM sends it to the chat API,
+        whose logprobs is a boolean, and brings none back to a text answer) and the group's
+        default reasoning_effort. The client's value wins."""
+        if text:
+            kwargs.pop("logprobs", None)
+            kwargs.pop("top_logprobs", None)
         messages = kwargs.get("messages")
         cleaned = history_for_cerebras(messages) if isinstance(messages, list) else None
         if cleaned is not None:
