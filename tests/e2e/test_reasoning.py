@@ -72,20 +72,27 @@ def history_with_reasoning() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_reasoning_in_the_history_is_removed_before_cerebras_and_nothing_else_changes(client: openai.OpenAI, thinker: FakeUpstream, stream: bool) -> None:
-    sent = history_with_reasoning()
-    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=sent, stream=stream, tools=[cline.READ_FILE_TOOL])
+def received_by_cerebras(client: openai.OpenAI, thinker: FakeUpstream, sent: list[dict[str, Any]], stream: bool, **params: Any) -> dict[str, Any]:
+    """The body Cerebras answered for a glm-saver request the plan sent there."""
+    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=sent, stream=stream, **params)
     answer = raw.parse()
     if stream:
         list(answer)
     assert raw.headers["x-glm-saver-route"] == "cerebras"
     (request,) = thinker.requests
     assert request.status == 200
-    received = request.body["messages"]
+    body: dict[str, Any] = request.body
+    return body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_reasoning_in_the_history_is_removed_before_cerebras_and_nothing_else_changes(client: openai.OpenAI, thinker: FakeUpstream, stream: bool) -> None:
+    sent = history_with_reasoning()
+    body = received_by_cerebras(client, thinker, sent, stream, tools=[cline.READ_FILE_TOOL])
+    received = body["messages"]
     assert received[2] == {"role": "assistant", "content": "I will read the scheduler first."}
     assert [m for i, m in enumerate(received) if i != 2] == [m for i, m in enumerate(sent) if i != 2]
-    assert request.body["tools"] == [cline.READ_FILE_TOOL]
+    assert body["tools"] == [cline.READ_FILE_TOOL]
 
 
 def test_a_cline_stream_keeps_reasoning_deltas_content_tool_calls_and_usage(client: openai.OpenAI, thinker: FakeUpstream) -> None:
@@ -277,14 +284,7 @@ def test_a_legacy_function_call_in_the_history_reaches_cerebras_as_the_tool_call
     client: openai.OpenAI, thinker: FakeUpstream, stream: bool
 ) -> None:
     sent = legacy_function_history()
-    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=sent, stream=stream)
-    answer = raw.parse()
-    if stream:
-        list(answer)
-    assert raw.headers["x-glm-saver-route"] == "cerebras"
-    (request,) = thinker.requests
-    assert request.status == 200
-    user, assistant, result = request.body["messages"]
+    user, assistant, result = received_by_cerebras(client, thinker, sent, stream)["messages"]
     assert user == sent[0]
     (call,) = assistant["tool_calls"]
     assert call["type"] == "function" and call["function"] == sent[1]["function_call"]
