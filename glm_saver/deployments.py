@@ -77,15 +77,15 @@ def always_stop_problem(info: Any) -> str | None:
 
 
 def with_always_stop(asked: Any, always: Any) -> list[str] | None:
-    """The request's stop sequences followed by the deployment's always_stop ones it lacks; None
+    """The deployment's always_stop sequences the request lacks, then the request's own; None
     when there is nothing to add, or the request's `stop` is neither a string nor a list of them
-    (left as sent, for the server to refuse)."""
+    (left as sent, for the server to refuse). First, because LiteLLM sends only the first four."""
     if not isinstance(always, list) or not always:
         return None
     own = [asked] if isinstance(asked, str) else asked if isinstance(asked, list) else [] if asked is None else None
     if own is None or not all(isinstance(stop, str) for stop in own):
         return None
-    return [*own, *(stop for stop in always if stop not in own)]
+    return [*(stop for stop in always if stop not in own), *own]
 
 
 def api_key_configured(config: Mapping[str, Any], group: str) -> bool:

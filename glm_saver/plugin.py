@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,11 @@ from glm_saver.deployments import ALWAYS_STOP, with_always_stop
 from glm_saver.events import CALL_KEY, PLAN_KEY, SERVED_KEY, CallRecord, failure_of, read_failure, read_success
 from glm_saver.failures import REFUSALS_KEY, no_model_answered, note_refusal, redacted, refused_fallback
 from glm_saver.reasoning import guard_stream, history_for_cerebras, room_for_retry, spent_on_reasoning
-from glm_saver.request import RequestView, prompt_tokens
+from glm_saver.request import RequestView, asked_max_tokens, max_tokens_field, prompt_tokens
 from glm_saver.routing.gate import TICKET_KEY, CloudGate, Refusal, Ticket
 from glm_saver.routing.plan import Plan, Planner, client_error
 from glm_saver.routing.tiers import Route, Tiers, build_tiers
-from glm_saver.routing.validation import request_problem
+from glm_saver.routing.validation import Invalid, request_problem, text_prompt_problem
 from glm_saver.settings import ConfigError, GlmSaverSettings, load_config_file, settings_from_config
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,9 @@ class GlmSaver(CustomLogger):
             return data
         chat = call_type in CHAT_CALL_TYPES
         if chat:
-            self._validate(data)
+            self._validate(data, request_problem)
+        elif self._may_reach_cerebras(str(data["model"])):
+            self._validate(data, text_prompt_problem)
         try:
             plan = await self.planner.plan(data, _view_of(data, chat), user_api_key_dict, chat)
         except ProxyException:
@@ -166,10 +168,15 @@ class GlmSaver(CustomLogger):
         self._apply(data, plan)
         return data
 
-    def _validate(self, data: Mapping[str, Any]) -> None:
+    def _may_reach_cerebras(self, model: str) -> bool:
+        """An entry model or a paid group (a free group's server may take what Cerebras cannot)."""
+        tier = self.tiers.of_group(model)
+        return tier is None or tier.paid
+
+    def _validate(self, data: Mapping[str, Any], problem_of: Callable[[Any], Invalid | None]) -> None:
         """A malformed request is a 400 here, before any model sees it (a bug in the check fails open)."""
         try:
-            problem = request_problem(data)
+            problem = problem_of(data)
         except Exception:
             logger.exception("glm_saver: request validation failed; passing the request on unchecked")
             self.stats.record_plugin_error()
@@ -200,7 +207,7 @@ class GlmSaver(CustomLogger):
         """The only writer of the request: its group, clamp, fallbacks, the cascade's answer, the tag."""
         data["model"] = group = self.tiers[plan.route].group
         if plan.ticket is not None:
-            data["max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"] = plan.ticket.max_tokens
+            data[max_tokens_field(data)] = plan.ticket.max_tokens
         if plan.fallbacks:
             # The plan's own list replaces router_settings.fallbacks for this request (LiteLLM's request-level fallbacks).
             data["fallbacks"] = [{group: [self.tiers[name].group for name in plan.fallbacks]}]
@@ -261,10 +268,10 @@ class GlmSaver(CustomLogger):
         if ticket is None or ticket.depth != depth:
             ticket = await self._ticket_for_hop(kwargs, metadata, tag, str(group), depth)
             metadata[TICKET_KEY] = ticket.model_dump()
-        name = "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
+        name = max_tokens_field(kwargs)
         asked = kwargs.get(name)
         kwargs[name] = min(asked, ticket.max_tokens) if isinstance(asked, int) else ticket.max_tokens
-        self._fit_for_cerebras(kwargs, str(group))
+        self._fit_for_cerebras(kwargs, str(group), text=getattr(call_type, "value", call_type) in TEXT_CALL_TYPES)
         return kwargs
 
     async def _give_back_earlier_hop(self, metadata: dict[str, Any], group: str, depth: int) -> None:
@@ -281,9 +288,14 @@ class GlmSaver(CustomLogger):
         except StoreUnavailable as err:
             logger.error("glm_saver: an earlier hop's holds were not given back: %s (they expire on their own)", err)
 
-    def _fit_for_cerebras(self, kwargs: dict[str, Any], group: str) -> None:
+    def _fit_for_cerebras(self, kwargs: dict[str, Any], group: str, text: bool) -> None:
         """What Cerebras would refuse or miss: reasoning fields on the history's assistant turns
-        (a 400 otherwise) and the group's default reasoning_effort. The client's value wins."""
+        (a 400 otherwise), a text completion's logprobs count (LiteLLM sends it to the chat API,
+        whose logprobs is a boolean, and brings none back to a text answer) and the group's
+        default reasoning_effort. The client's value wins."""
+        if text:
+            kwargs.pop("logprobs", None)
+            kwargs.pop("top_logprobs", None)
         messages = kwargs.get("messages")
         cleaned = history_for_cerebras(messages) if isinstance(messages, list) else None
         if cleaned is not None:
@@ -330,8 +342,7 @@ class GlmSaver(CustomLogger):
             tokens = prompt_tokens(
                 messages if isinstance(messages, list) else [{"role": "user", "content": str(kwargs.get("prompt") or "")}], kwargs.get("tools")
             )
-        asked = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
-        granted = await self.gate.admit(key, group, tokens, asked if isinstance(asked, int) else None, depth)
+        granted = await self.gate.admit(key, group, tokens, asked_max_tokens(kwargs), depth)
         if isinstance(granted, Refusal):
             logger.warning("glm_saver: refused a call to %s (%s)", group, granted.reason)
             note_refusal(metadata, group, granted)
@@ -348,7 +359,7 @@ class GlmSaver(CustomLogger):
         if group not in self._cloud_groups or not spent_on_reasoning(response):
             return None
         used = int(getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0)
-        used = used or int(data.get("max_completion_tokens") or data.get("max_tokens") or 0)
+        used = used or (asked_max_tokens(data) or 0)
         room = room_for_retry(used, self.settings.reasoning_of(str(group)).retry_room, self.settings.rate_limits.max_tokens_cap)
         why = f"{group} spent all {used} max_tokens on reasoning and returned no answer"
         if room is None:

@@ -34,16 +34,33 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 def history_for_cerebras(messages: Sequence[Any]) -> list[Any] | None:
     """The messages with every assistant turn cut down to the fields Cerebras accepts, or None
     when nothing needs removing (the caller then leaves the request exactly as the client sent it).
-    The client's own message objects are never changed: changed turns are new dicts."""
+    A legacy `function_call` turn and the `function` message answering it become the tool call and
+    tool result they stand for, not an empty turn. The client's own message objects are never
+    changed: changed turns are new dicts."""
     changed = False
     cleaned: list[Any] = []
-    for message in messages:
+    legacy_call: str | None = None  # the id given to the latest legacy call, until its result
+    for index, message in enumerate(messages):
         if isinstance(message, Mapping) and message.get("role") == "assistant" and set(message) - ASSISTANT_FIELDS:
-            cleaned.append({key: value for key, value in message.items() if key in ASSISTANT_FIELDS})
+            turn = {key: value for key, value in message.items() if key in ASSISTANT_FIELDS}
+            legacy_call = _as_tool_call(turn, message.get("function_call"), f"call_legacy_{index}")
+            cleaned.append(turn)
+            changed = True
+        elif isinstance(message, Mapping) and message.get("role") == "function" and legacy_call is not None:
+            cleaned.append({"role": "tool", "tool_call_id": legacy_call, "content": message.get("content")})
+            legacy_call = None
             changed = True
         else:
             cleaned.append(message)
     return cleaned if changed else None
+
+
+def _as_tool_call(turn: dict[str, Any], function_call: Any, call_id: str) -> str | None:
+    """Give a turn that made a legacy function call that call as its one tool call; its id, if so."""
+    if not isinstance(function_call, Mapping) or turn.get("tool_calls"):
+        return None
+    turn["tool_calls"] = [{"id": call_id, "type": "function", "function": dict(function_call)}]
+    return call_id
 
 
 def reasoning_tokens(usage: Any) -> int:

@@ -86,6 +86,18 @@ def prompt_tokens(messages: Iterable[Any], tools: Any = None) -> int:
     return total
 
 
+def max_tokens_field(params: Mapping[str, Any]) -> str:
+    """The field that sets a request's output limit: `max_completion_tokens` when it is set (not
+    null: clients that send every field send the unset one as null), else `max_tokens`."""
+    return "max_completion_tokens" if params.get("max_completion_tokens") is not None else "max_tokens"
+
+
+def asked_max_tokens(params: Mapping[str, Any]) -> int | None:
+    """The output limit a request asks for, None when it sets none."""
+    value = params.get(max_tokens_field(params))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class RequestView:
     """The facts about one chat request that routing needs."""
@@ -103,13 +115,12 @@ class RequestView:
         messages = data.get("messages")
         messages = messages if isinstance(messages, list) else []
         tools = data.get("tools") or data.get("functions")
-        max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         return cls(
             messages=messages,
             ask=latest_ask(messages),
             prompt_tokens=prompt_tokens(messages, tools),
             has_tools=bool(tools),
             stream=bool(data.get("stream")),
-            max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+            max_tokens=asked_max_tokens(data),
             images=has_images(messages),
         )

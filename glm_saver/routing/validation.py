@@ -24,6 +24,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -152,4 +153,18 @@ def request_problem(data: Any) -> Invalid | None:
         ChatRequest.model_validate(data)
     except ValidationError as error:
         return _invalid(error.errors(include_url=False)[0])
+    return None
+
+
+# A text completion's prompt as Cerebras can take it: LiteLLM turns it into chat messages, which
+# it cannot do for token ids (it fails with a 500 "Unmapped prompt format").
+_TEXT_PROMPT: TypeAdapter[str | list[str]] = TypeAdapter(StrictStr | list[StrictStr])
+
+
+def text_prompt_problem(data: Any) -> Invalid | None:
+    """What is wrong with a text completion's prompt for Cerebras, or None if it is text."""
+    try:
+        _TEXT_PROMPT.validate_python(data.get("prompt") if isinstance(data, dict) else None)
+    except ValidationError:
+        return Invalid("prompt: must be text, a string or a list of strings (token ids cannot be sent to Cerebras)", "prompt")
     return None

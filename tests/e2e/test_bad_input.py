@@ -160,3 +160,14 @@ def test_a_broken_plugin_still_rejects_invalid_input_with_a_4xx(broken_plugin_pr
     response = post(broken_plugin_proxy, chat(messages=[{"role": "wizard", "content": "hi"}]))
     assert response.status_code == 400
     assert cerebras_upstream.requests == []
+
+
+@pytest.mark.parametrize("prompt", [[1734, 374, 264], [[1734, 374], [264]]], ids=["token-ids", "lists-of-token-ids"])
+def test_a_text_completion_of_token_ids_for_cerebras_is_a_400_naming_the_prompt(proxy: Proxy, cerebras_upstream: FakeUpstream, prompt: list[Any]) -> None:
+    """Cerebras' chat API, which LiteLLM turns text completions into, takes text only."""
+    body = {"model": "cerebras", "prompt": prompt, "max_tokens": 8}
+    response = httpx.post(f"{proxy.url}/v1/completions", json=body, headers=ADMIN, timeout=60)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["param"] == "prompt" and "prompt" in error["message"]
+    assert cerebras_upstream.requests == []

@@ -72,20 +72,27 @@ def history_with_reasoning() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_reasoning_in_the_history_is_removed_before_cerebras_and_nothing_else_changes(client: openai.OpenAI, thinker: FakeUpstream, stream: bool) -> None:
-    sent = history_with_reasoning()
-    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=sent, stream=stream, tools=[cline.READ_FILE_TOOL])
+def received_by_cerebras(client: openai.OpenAI, thinker: FakeUpstream, sent: list[dict[str, Any]], stream: bool, **params: Any) -> dict[str, Any]:
+    """The body Cerebras answered for a glm-saver request the plan sent there."""
+    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=sent, stream=stream, **params)
     answer = raw.parse()
     if stream:
         list(answer)
     assert raw.headers["x-glm-saver-route"] == "cerebras"
     (request,) = thinker.requests
     assert request.status == 200
-    received = request.body["messages"]
+    body: dict[str, Any] = request.body
+    return body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_reasoning_in_the_history_is_removed_before_cerebras_and_nothing_else_changes(client: openai.OpenAI, thinker: FakeUpstream, stream: bool) -> None:
+    sent = history_with_reasoning()
+    body = received_by_cerebras(client, thinker, sent, stream, tools=[cline.READ_FILE_TOOL])
+    received = body["messages"]
     assert received[2] == {"role": "assistant", "content": "I will read the scheduler first."}
     assert [m for i, m in enumerate(received) if i != 2] == [m for i, m in enumerate(sent) if i != 2]
-    assert request.body["tools"] == [cline.READ_FILE_TOOL]
+    assert body["tools"] == [cline.READ_FILE_TOOL]
 
 
 def test_a_cline_stream_keeps_reasoning_deltas_content_tool_calls_and_usage(client: openai.OpenAI, thinker: FakeUpstream) -> None:
@@ -263,3 +270,22 @@ def test_a_verdict_still_empty_after_the_retry_is_a_verify_failure_with_the_reas
     assert raw.headers["x-glm-saver-route"] == "draft-accepted"
     assert "reasoning-spent-budget" in raw.headers["x-glm-saver-reason"]
     assert raw.parse().choices[0].message.content == "Jupiter is the largest planet."
+
+
+def legacy_function_history() -> list[dict[str, Any]]:
+    """A later turn of a client on OpenAI's legacy function calling (older LangChain agents): the
+    assistant's call is a `function_call`, its result a `function` message."""
+    call = {"name": "read_file", "arguments": json.dumps({"path": "scheduler.py"})}
+    return [*ask(), {"role": "assistant", "content": None, "function_call": call}, {"role": "function", "name": "read_file", "content": "class Scheduler: ..."}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_legacy_function_call_in_the_history_reaches_cerebras_as_the_tool_call_it_stands_for(
+    client: openai.OpenAI, thinker: FakeUpstream, stream: bool
+) -> None:
+    sent = legacy_function_history()
+    user, assistant, result = received_by_cerebras(client, thinker, sent, stream)["messages"]
+    assert user == sent[0]
+    (call,) = assistant["tool_calls"]
+    assert call["type"] == "function" and call["function"] == sent[1]["function_call"]
+    assert result == {"role": "tool", "tool_call_id": call["id"], "content": sent[2]["content"]}

@@ -70,6 +70,18 @@ def test_max_tokens_within_what_local_can_send_is_passed_as_asked(proxy: Proxy, 
     assert local_upstream.requests[-1].body["max_tokens"] == _local_max_output(proxy) - 1
 
 
+@pytest.mark.parametrize(("model", "text"), [("glm-saver", COMPLEX), ("cerebras", SIMPLE)], ids=["routed", "direct"])
+def test_a_null_max_completion_tokens_leaves_cerebras_the_max_tokens_the_client_set(
+    client: openai.OpenAI, cerebras_upstream: FakeUpstream, model: str, text: str
+) -> None:
+    """Clients that send every field send the unset one as null; the clamp must not take null for
+    "no limit" (Cerebras reserves the whole max_tokens of its quota up front)."""
+    client.chat.completions.create(model=model, messages=ask(text), max_tokens=100, max_completion_tokens=None)
+    (request,) = cerebras_upstream.requests
+    assert request.body["max_tokens"] == 100
+    assert cerebras_upstream.served[0].reserved == cerebras_upstream.served[0].prompt_tokens + 100
+
+
 def _reassembled_tool_calls(chunks: list[Any]) -> dict[int, dict[str, str]]:
     calls: dict[int, dict[str, str]] = {}
     for chunk in chunks:
@@ -217,3 +229,27 @@ def test_models_and_model_info_list_the_entry_model_with_prices(proxy: Proxy, cl
     assert entry["model_info"]["max_output_tokens"] == 16384
     assert entry["model_info"]["input_cost_per_token"] == pytest.approx(2.25e-6)
     assert entry["model_info"]["output_cost_per_token"] == pytest.approx(2.75e-6)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_logprobs_asked_of_a_request_cerebras_answers_reach_it_and_come_back(client: openai.OpenAI, cerebras_upstream: FakeUpstream, stream: bool) -> None:
+    """Cerebras serves logprobs and top_logprobs; a client asking for them gets them whoever answers."""
+    raw = client.chat.completions.with_raw_response.create(model="glm-saver", messages=ask(COMPLEX), stream=stream, logprobs=True, top_logprobs=2)
+    parsed = raw.parse()
+    choices = [choice for chunk in parsed for choice in chunk.choices] if stream else parsed.choices
+    entries = [entry for choice in choices if choice.logprobs for entry in choice.logprobs.content or []]
+    assert raw.headers["x-glm-saver-route"] == "cerebras"
+    (request,) = cerebras_upstream.requests
+    assert (request.body.get("logprobs"), request.body.get("top_logprobs")) == (True, 2)
+    assert entries and all(len(entry.top_logprobs) == 2 for entry in entries)
+
+
+def test_a_text_completions_logprobs_count_is_not_sent_to_cerebras_chat_api(proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:
+    """A text completion's `logprobs` is a count (legacy API); LiteLLM turns the request into a chat
+    request for Cerebras, whose `logprobs` is a boolean, and brings no logprobs back to a text answer."""
+    body = {"model": "cerebras", "prompt": SIMPLE, "max_tokens": 8, "logprobs": 2}
+    response = httpx.post(f"{proxy.url}/v1/completions", json=body, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == "Hello from cerebras."
+    (request,) = cerebras_upstream.requests
+    assert "logprobs" not in request.body and "top_logprobs" not in request.body

@@ -33,6 +33,25 @@ def test_a_history_without_refused_fields_is_left_alone() -> None:
     assert history_for_cerebras([m for i, m in enumerate(HISTORY) if i != 2]) is None
 
 
+def test_a_legacy_function_call_and_its_result_become_the_tool_call_and_tool_result_they_stand_for() -> None:
+    call = {"name": "f", "arguments": "{}"}
+    sent = [
+        {"role": "user", "content": "Fix it."},
+        {"role": "assistant", "content": None, "function_call": call},
+        {"role": "function", "name": "f", "content": "ok"},
+    ]
+    cleaned = history_for_cerebras(copy.deepcopy(sent))
+    assert cleaned == [
+        sent[0],
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_legacy_1", "type": "function", "function": call}]},
+        {"role": "tool", "tool_call_id": "call_legacy_1", "content": "ok"},
+    ]
+
+
+def test_a_function_message_that_answers_no_legacy_call_is_left_alone() -> None:
+    assert history_for_cerebras([{"role": "user", "content": "Fix it."}, {"role": "function", "name": "f", "content": "ok"}]) is None
+
+
 def test_reasoning_tokens_are_read_from_the_completion_details() -> None:
     usage = litellm.Usage(prompt_tokens=5, completion_tokens=30, total_tokens=35, completion_tokens_details={"reasoning_tokens": 25})
     assert reasoning_tokens(usage) == 25

@@ -1,6 +1,9 @@
-"""The user's latest ask is found in every Cline shape; what is not the user's ask is ignored."""
+"""The user's latest ask is found in every Cline shape; what is not the user's ask is ignored; the
+output limit a request asks for."""
 
-from glm_saver.request import RequestView, latest_ask, prompt_tokens
+import pytest
+
+from glm_saver.request import RequestView, asked_max_tokens, latest_ask, max_tokens_field, prompt_tokens
 from tests import cline_shapes as cline
 
 
@@ -66,3 +69,18 @@ def test_an_image_part_anywhere_in_the_history_makes_the_request_one_with_images
     later = [image, {"role": "assistant", "content": "a cat"}, {"role": "user", "content": "and its colour?"}]
     assert RequestView.from_data({"messages": later}).images
     assert not RequestView.from_data({"messages": [{"role": "user", "content": [{"type": "text", "text": "no image"}]}]}).images
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "asked"),
+    [
+        ({"max_tokens": 100}, "max_tokens", 100),
+        ({"max_completion_tokens": 60, "max_tokens": 100}, "max_completion_tokens", 60),
+        ({"max_completion_tokens": None, "max_tokens": 100}, "max_tokens", 100),
+        ({"max_completion_tokens": None, "max_tokens": None}, "max_tokens", None),
+        ({}, "max_tokens", None),
+    ],
+    ids=["max_tokens", "the-newer-wins", "null-newer", "both-null", "none"],
+)
+def test_the_output_limit_is_the_newer_field_unless_it_is_null(params: dict[str, object], field: str, asked: int | None) -> None:
+    assert (max_tokens_field(params), asked_max_tokens(params)) == (field, asked)

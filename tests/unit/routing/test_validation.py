@@ -1,4 +1,4 @@
-"""The chat request check: what passes, and how a problem names its field."""
+"""The chat request check: what passes, and how a problem names its field; the text completion's prompt check."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from glm_saver.routing.validation import request_problem
+from glm_saver.routing.validation import request_problem, text_prompt_problem
 from tests import cline_shapes as cline
 
 ASK = [{"role": "user", "content": "hi"}]
@@ -76,3 +76,16 @@ def test_a_problem_names_its_field_and_says_what_is_wrong(body: dict[str, Any], 
 def test_a_wrong_value_is_echoed_cut_short() -> None:
     problem = request_problem({"messages": [{"role": "x" * 500, "content": "hi"}]})
     assert problem is not None and "x" * 39 in problem.message and "x" * 41 not in problem.message
+
+
+@pytest.mark.parametrize("prompt", ["hi", ["hi", "there"], []], ids=["string", "strings", "no-strings"])
+def test_a_text_prompt_passes(prompt: Any) -> None:
+    assert text_prompt_problem({"prompt": prompt}) is None
+
+
+@pytest.mark.parametrize(
+    "body", [{"prompt": [1, 2]}, {"prompt": [[1], [2]]}, {"prompt": ["hi", 3]}, {"prompt": None}, {}], ids=["tokens", "token-lists", "mixed", "null", "missing"]
+)
+def test_a_prompt_that_is_not_text_is_a_problem_of_the_prompt(body: dict[str, Any]) -> None:
+    problem = text_prompt_problem(body)
+    assert problem is not None and problem.param == "prompt" and "token ids" in problem.message
