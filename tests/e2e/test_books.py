@@ -82,6 +82,18 @@ def test_each_request_costs_exactly_the_configured_price(
     assert after["savings_usd"] - before["savings_usd"] == pytest.approx(cloud_equivalent - cost, rel=1e-9, abs=1e-15)
 
 
+def test_a_stream_asked_for_in_extra_body_is_answered_and_booked_at_the_configured_price(proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:
+    """LiteLLM merges a client's `extra_body` over what it sends: a stream asked for there reached
+    Cerebras (which bills it) while LiteLLM waited for JSON, failed, and booked the call as free."""
+    before = books(proxy)["totals"]
+    body = {"model": "glm-saver", "messages": [{"role": "user", "content": COMPLEX}], "extra_body": {"stream": True}}
+    response = httpx.post(f"{proxy.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=60)
+    assert (response.status_code, response.headers.get("x-glm-saver-route")) == (200, "cerebras"), response.text[:300]
+    after = books_holding(proxy, before["requests"] + 1)["totals"]
+    prompt, completion = served_tokens(cerebras_upstream)
+    assert after["cost_usd"] - before["cost_usd"] == pytest.approx(cerebras_cost(prompt, completion), rel=1e-9, abs=1e-15)
+
+
 def test_a_cerebras_stream_without_usage_is_counted_from_its_text(proxy: Proxy, cerebras_upstream: FakeUpstream) -> None:
     cerebras_upstream.configure(stream_usage=False)
     try:

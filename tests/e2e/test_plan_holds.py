@@ -27,7 +27,7 @@ from tests.e2e import polling
 from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
 from tests.e2e.redis_server import running_redis
-from tests.fakes.answers import ReplyRule
+from tests.fakes.answers import ReplyRule, requested_max_tokens
 from tests.fakes.tokens import count_tokens
 from tests.fakes.upstream import FakeUpstream
 
@@ -267,6 +267,29 @@ def test_a_fallback_hop_to_cerebras_is_clamped_to_the_cap(
     (hop,) = cerebras_upstream.requests
     asked = sent_max_tokens(hop.body)
     assert asked is not None and asked <= MAX_TOKENS_CAP, f"the fallback hop asked Cerebras for max_tokens={asked}"
+
+
+# What a client may tuck into `extra_body` (which LiteLLM merges over the request it sends, past the
+# plan and the gate): fields the clamp, the headroom reservation and the budget hold are sized from.
+SMUGGLED = {
+    "max_tokens": {"max_tokens": 131072},
+    "max_completion_tokens": {"max_completion_tokens": 131072},
+    "n": {"n": 4},
+    "messages": {"messages": [{"role": "user", "content": BIG}]},
+    "tools": {"tools": [{"type": "function", "function": {"name": "f", "description": BIG, "parameters": {"type": "object"}}}]},
+    "stream": {"stream": True},
+}
+
+
+@pytest.mark.parametrize("name", list(SMUGGLED))
+def test_extra_body_cannot_change_the_request_the_gate_held_cerebras_for(keyed: Proxy, cerebras_upstream: FakeUpstream, name: str) -> None:
+    body = chat_body(SIMPLE, model="cerebras", max_tokens=16, extra_body=SMUGGLED[name])
+    response = post(keyed, "/v1/chat/completions", body, bearer(PLAIN))
+    assert response.status_code == 200, response.text[:300]
+    (sent,) = cerebras_upstream.requests
+    assert requested_max_tokens(sent.body) == 16, f"Cerebras was asked for max_tokens {requested_max_tokens(sent.body)}"
+    assert sent.body["messages"] == body["messages"]
+    assert [sent.body.get(field) for field in ("n", "tools", "stream")] == [None, None, None]
 
 
 def test_a_ticket_a_client_writes_into_its_metadata_grants_no_fallback_hop(keyed: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> None:
