@@ -59,6 +59,10 @@ FIRST_CALL_KEY = "glm_saver_first_call_metadata"
 # copy is dropped first: a ticket in it would pass the gate on a fallback hop (no clamp, no budget
 # hold), a served count or a call role would book a Cerebras answer as free or to another key.
 OWN_METADATA = (PLAN_KEY, TICKET_KEY, CALL_KEY, SERVED_KEY, LIVE_KEY, FAILED_KEY, REFUSALS_KEY)
+# Request fields a client's `extra_body` must not carry: LiteLLM merges it over what it sends, past the
+# plan and the gate. The prompt and the answer's length and count size the clamp, the headroom
+# reservation and the budget hold; `stream` decides how the answer is read, and so booked.
+GOVERNED_FIELDS = frozenset({"model", "messages", "prompt", "tools", "functions", "max_tokens", "max_completion_tokens", "n", "best_of", "stream"})
 
 
 def _ascii_header(value: str) -> str:
@@ -71,6 +75,13 @@ def _drop_client_copies(data: dict[str, Any]) -> None:
     if isinstance(metadata, dict):
         for name in OWN_METADATA:
             metadata.pop(name, None)
+
+
+def _drop_governed_extra_body(kwargs: dict[str, Any]) -> None:
+    """The call goes as the plan and the gate made it, whatever the client put in `extra_body`."""
+    extra = kwargs.get("extra_body")
+    if isinstance(extra, Mapping) and not GOVERNED_FIELDS.isdisjoint(extra):
+        kwargs["extra_body"] = {name: value for name, value in extra.items() if name not in GOVERNED_FIELDS}
 
 
 def _view_of(data: Mapping[str, Any], chat: bool) -> RequestView:
@@ -247,6 +258,7 @@ class GlmSaver(CustomLogger):
         too big for the local window never reaches it, whatever hop LiteLLM is on."""
         if getattr(call_type, "value", call_type) not in GOVERNED_CALL_TYPES:
             return None
+        _drop_governed_extra_body(kwargs)
         metadata = kwargs.get("metadata")
         if not isinstance(metadata, dict):
             return None
