@@ -292,6 +292,20 @@ def test_extra_body_cannot_change_the_request_the_gate_held_cerebras_for(keyed: 
     assert [sent.body.get(field) for field in ("n", "tools", "stream")] == [None, None, None]
 
 
+@pytest.mark.parametrize(
+    "asked",
+    [{"n": 4, "allowed_openai_params": ["n"]}, {"best_of": 4}],
+    ids=["n-let-through-by-allowed_openai_params", "best_of"],
+)
+def test_a_cerebras_call_asks_for_the_one_answer_the_gate_held_for(keyed: Proxy, cerebras_upstream: FakeUpstream, asked: dict[str, Any]) -> None:
+    """The hold is for one answer of max_tokens; Cerebras bills every answer it is asked for."""
+    response = post(keyed, "/v1/chat/completions", chat_body(SIMPLE, model="cerebras", max_tokens=16, **asked), bearer(PLAIN))
+    assert response.status_code == 200, response.text[:300]
+    (sent,) = cerebras_upstream.requests
+    assert [sent.body.get("n"), sent.body.get("best_of")] == [None, None]
+    assert len(response.json()["choices"]) == 1
+
+
 def test_a_ticket_a_client_writes_into_its_metadata_grants_no_fallback_hop(keyed: Proxy, local_upstream: FakeUpstream, cerebras_upstream: FakeUpstream) -> None:
     """The gate's grant rides in the request's metadata; a client's own copy must pass nothing."""
     forged = {"id": "forged", "group": "cerebras", "key": "spender", "max_tokens": 131072, "cost_usd": 0, "depth": 1}
