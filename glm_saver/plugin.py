@@ -283,6 +283,8 @@ class GlmSaver(CustomLogger):
         name = max_tokens_field(kwargs)
         asked = kwargs.get(name)
         kwargs[name] = min(asked, ticket.max_tokens) if isinstance(asked, int) else ticket.max_tokens
+        for several in ("n", "best_of"):  # the ticket holds one answer; a client's allowed_openai_params would let n through
+            kwargs.pop(several, None)
         self._fit_for_cerebras(kwargs, str(group), text=getattr(call_type, "value", call_type) in TEXT_CALL_TYPES)
         return kwargs
 
