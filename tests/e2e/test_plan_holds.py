@@ -25,6 +25,7 @@ import pytest
 
 from tests.e2e import polling
 from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT
+from tests.e2e.held import settled
 from tests.e2e.proxy import MASTER_KEY, Proxy, proxy_config, run_proxy_until_exit
 from tests.e2e.redis_server import running_redis
 from tests.fakes.answers import ReplyRule, requested_max_tokens
@@ -440,6 +441,31 @@ def test_a_verify_asks_for_at_most_the_cap_and_is_skipped_without_headroom(specu
     assert skipped.headers["x-glm-saver-route"] == "draft-accepted", reason
     assert skipped.json()["choices"][0]["message"]["content"] == UNSURE_DRAFT
     assert "verify-skipped" in reason or "rate-limit" in reason, reason
+
+
+VERIFY_TIMEOUT = 2.0  # seconds (speculative.verify_timeout): a verify slower than this is given up
+SLOW = 60.0  # a first byte this late outlasts the verify timeout
+
+
+@pytest.fixture(scope="module")
+def impatient(start_proxy: Callable[..., Proxy], local_upstream: FakeUpstream) -> Iterator[Proxy]:
+    """A cascade that gives a verify up after VERIFY_TIMEOUT, with a global budget (its holds show in /stats)."""
+    saved = local_upstream.options
+    local_upstream.configure(replies=[ReplyRule("largest planet", UNSURE_DRAFT, -0.9)])
+    cascade = {"strategy": "speculative_decoding", "speculative": {"verify_timeout": VERIFY_TIMEOUT}}
+    try:
+        yield start_proxy(glm_saver={**cascade, "budget": {"limit_usd": 100.0, "period": "daily", "action": "reject"}})
+    finally:
+        local_upstream.configure(replies=saved.replies)
+
+
+def test_a_verify_given_up_at_its_timeout_gives_back_its_reservation_and_its_hold(impatient: Proxy, cerebras_upstream: FakeUpstream) -> None:
+    cerebras_upstream.inject("slow_first_byte", delay=SLOW)
+    response = post(impatient, "/v1/chat/completions", chat_body(UNSURE), ADMIN)
+    assert response.status_code == 200, response.text[:300]
+    assert "verify-failed" in response.headers["x-glm-saver-reason"], response.headers["x-glm-saver-reason"]
+    assert len(verify_requests(cerebras_upstream)) == 1
+    settled(impatient)
 
 
 # ---- two proxies on one Redis, a burst at 99% of a `reject` budget --------------------------------
