@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,3 +49,15 @@ def running_redis(directory: Path, port: int | None = None) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def stalled(url: str) -> Iterator[None]:
+    """Redis stops answering inside the block (SIGSTOP: it takes what it is sent, as a slow Redis
+    does) and catches up on all of it when the block is left (SIGCONT)."""
+    pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -8,6 +8,7 @@ and the books hold the requests answered while Redis was down.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import httpx
 import pytest
 
 from tests.e2e import polling
+from tests.e2e.books import CEREBRAS_IN, CEREBRAS_OUT
 from tests.e2e.proxy import MASTER_KEY, Proxy, free_port
-from tests.e2e.redis_server import running_redis
+from tests.e2e.redis_server import running_redis, stalled
 from tests.fakes.upstream import FakeUpstream
 
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
@@ -105,3 +107,32 @@ def test_redis_down_answers_locally_refuses_what_local_cannot_take_and_recovers_
         # The restarted Redis kept nothing: every request in the books was answered during or after the outage.
         poll(lambda: (books(proxy) or {}).get("totals", {}).get("requests") == answered, f"the books holding all {answered} answered requests")
         assert books(proxy)["totals"]["requests"] == answered
+
+
+def test_an_answer_whose_booking_timed_out_while_redis_stalled_is_booked_and_charged_once(
+    tmp_path: Path, start_proxy: Callable[..., Proxy], cerebras_upstream: FakeUpstream
+) -> None:
+    """Redis slower than the store's timeout counts as down, yet it still runs what it was sent once it
+    catches up: the booking the proxy gave up on, and then keeps to book again, must count once."""
+    with running_redis(tmp_path) as url:
+        budget = {"limit_usd": 100.0, "period": "daily", "action": "reject"}
+        proxy = start_proxy(glm_saver={"state": "redis", "redis_url": url, "budget": budget})
+        # One answer booked first: Redis then knows the books' scripts, as it does in a running proxy.
+        assert chat(proxy, SIMPLE, TO_CEREBRAS).headers.get("x-glm-saver-route") == "cerebras"
+        poll(lambda: (books(proxy) or {}).get("totals", {}).get("requests") == 1, "the first answer booked")
+        answered: list[httpx.Response] = []
+        cerebras_upstream.hold()
+        asking = threading.Thread(target=lambda: answered.append(chat(proxy, SIMPLE, TO_CEREBRAS)))
+        asking.start()
+        cerebras_upstream.wait_until(lambda fake: len(fake.requests) == 2, timeout=DEADLINE)
+        with stalled(url):
+            cerebras_upstream.release()
+            asking.join()
+            poll(lambda: (books(proxy) or {}).get("unbooked") == 1, "the answer waiting to be booked while Redis stalls")
+        assert (answered[0].status_code, answered[0].headers.get("x-glm-saver-route")) == (200, "cerebras"), answered[0].text[:300]
+        booked = poll(lambda: (lambda held: held if held and held.get("unbooked") == 0 else None)(books(proxy)), "the answer booked once Redis caught up")
+        cost = sum(served.prompt_tokens * CEREBRAS_IN + served.completion_tokens * CEREBRAS_OUT for served in cerebras_upstream.served)
+        assert len(cerebras_upstream.served) == 2
+        assert (booked["totals"]["requests"], booked["totals"]["cost_usd"]) == (2, pytest.approx(cost, rel=1e-9))
+        assert (booked["budgets"]["global"]["spent_usd"], booked["budgets"]["global"]["held_usd"]) == (pytest.approx(cost, rel=1e-9), 0)
+        assert booked["budgets"]["global"]["spent_usd"] == pytest.approx(cost, rel=1e-9)
