@@ -30,6 +30,10 @@ WEBHOOK_TIMEOUT = 5.0
 # A hold whose request never reported back (a crash, a lost event) stops counting after this long;
 # longer than any deployment timeout, so a live request never loses its hold.
 HOLD_SECONDS = 900.0
+# Answers remembered per budget as charged. A charge the store applied after the proxy gave up on
+# it is followed, about a second later, by the same charge from the queue of unbooked answers; it
+# is recognised while fewer than this many other answers were charged to the budget in between.
+CHARGES_KEPT = 64
 
 
 class Hold(BaseModel):
@@ -44,6 +48,8 @@ class BudgetUse(BaseModel):
     spent_usd: float = 0.0
     alerts_fired: list[float] = Field(default_factory=list)
     holds: dict[str, Hold] = Field(default_factory=dict)
+    # The ids of the latest answers charged (CHARGES_KEPT): one charged again is not added twice.
+    charged: list[str] = Field(default_factory=list)
 
     @property
     def held_usd(self) -> float:
@@ -72,7 +78,7 @@ def current(use: BudgetUse, budget: BudgetSettings, now: float) -> BudgetUse:
     start = period_start(budget.period, now)
     live = {ticket: hold for ticket, hold in use.holds.items() if hold.expires_at > now}
     if use.period_start != start:
-        return BudgetUse(period_start=start, holds=live)
+        return BudgetUse(period_start=start, holds=live, charged=use.charged)
     return use if len(live) == len(use.holds) else use.model_copy(update={"holds": live})
 
 
@@ -101,12 +107,18 @@ def release(use: BudgetUse, budget: BudgetSettings, ticket: str | None, now: flo
     return use.model_copy(update={"holds": {name: held for name, held in use.holds.items() if name != ticket}})
 
 
-def spend(use: BudgetUse, budget: BudgetSettings, amount: float, now: float, ticket: str | None = None) -> tuple[BudgetUse, list[float]]:
-    """Add what a request really cost, and let go of what it held."""
+def spend(
+    use: BudgetUse, budget: BudgetSettings, amount: float, now: float, ticket: str | None = None, answer: str | None = None
+) -> tuple[BudgetUse, list[float]]:
+    """Add what a request really cost, and let go of what it held; an answer charged already (by a
+    write the store applied after the proxy gave up on it) is not added again."""
     use = release(use, budget, ticket, now)
+    if answer is not None and answer in use.charged:
+        return use, []
     spent = use.spent_usd + amount
     crossed = [t for t in budget.alert_thresholds if spent >= t * budget.limit_usd and t not in use.alerts_fired]
-    return use.model_copy(update={"spent_usd": spent, "alerts_fired": [*use.alerts_fired, *crossed]}), crossed
+    charged = use.charged if answer is None else [*use.charged[-(CHARGES_KEPT - 1) :], answer]
+    return use.model_copy(update={"spent_usd": spent, "alerts_fired": [*use.alerts_fired, *crossed], "charged": charged}), crossed
 
 
 @dataclass(frozen=True)
@@ -182,16 +194,16 @@ class BudgetBook:
                 [name for name, _ in named], lambda uses: ([release(use, b, ticket, now) for (_, b), use in zip(named, uses, strict=True)], None)
             )
 
-    async def charge(self, key: str, amount: float, ticket: str | None = None) -> list[Alert]:
-        """Add spend to every budget the key is under (releasing the request's holds); delivers and
-        returns the alerts this spend set off."""
+    async def charge(self, key: str, amount: float, ticket: str | None = None, answer: str | None = None) -> list[Alert]:
+        """Add spend to every budget the key is under (releasing the request's holds), once per
+        `answer` id; delivers and returns the alerts this spend set off."""
         now = self._clock()
         named = self.budgets_of(key)
         if not named:
             return []
 
         def change(uses: list[BudgetUse]) -> tuple[list[BudgetUse], list[tuple[BudgetUse, list[float]]]]:
-            spent = [spend(use, budget, amount, now, ticket) for (_, budget), use in zip(named, uses, strict=True)]
+            spent = [spend(use, budget, amount, now, ticket, answer) for (_, budget), use in zip(named, uses, strict=True)]
             return [use for use, _ in spent], spent
 
         alerts: list[Alert] = []

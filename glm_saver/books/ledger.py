@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,14 +67,22 @@ class Charge:
         return list(zip(TABLES, (self.group, self.key, self.route, self.strategy, self.role), strict=True))
 
 
+def answer_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 @dataclass
 class Unbooked:
-    """An answer on its way into the books and the budgets, and which of the two it reached."""
+    """An answer on its way into the books and the budgets, and which of the two it reached.
+
+    `id` makes booking it again a no-op: a store that answers too late counts as down, yet may
+    still apply what it was sent, and then the answer is booked again from the queue."""
 
     charge: Charge
     ticket: Ticket | None
     booked: bool = False
     settled: bool = False
+    id: str = field(default_factory=answer_id)
 
 
 class Tally(BaseModel):
@@ -226,7 +235,7 @@ class Ledger:
 
     async def _add_to_books(self, answer: Unbooked) -> None:
         charge = answer.charge
-        totals = await self._books.add(charge)
+        totals = await self._books.add(charge, answer.id)
         answer.booked = True
         metrics.SAVINGS.set(totals.cloud_cost_usd - totals.cost_usd)
         if charge.counts_tokens:
@@ -239,7 +248,7 @@ class Ledger:
         settles = ticket is not None and ticket.key == charge.key
         if ticket is not None and not settles:
             await self.budgets.release(ticket.key, ticket.id)
-        await self.budgets.charge(charge.key, charge.cost, ticket.id if ticket is not None and settles else None)
+        await self.budgets.charge(charge.key, charge.cost, ticket.id if ticket is not None and settles else None, answer.id)
         answer.settled = True
 
     async def describe(self) -> dict[str, Any]:

@@ -20,12 +20,18 @@ BOOKS_KEY = "books"
 SEP = "\x1f"
 TOTALS = "totals"
 
-# KEYS[1]: the hash. ARGV[1]: row cap, ARGV[2]: TTL, ARGV[3..8]: calls, requests, prompt and
-# completion tokens, cost, cloud cost; then pairs of (table, row name). Returns the totals' cost and
-# cloud cost after the increment (for the savings gauge).
+# KEYS[1]: the hash, KEYS[2]: the answer's booked mark. ARGV[1]: row cap, ARGV[2]: TTL, ARGV[3..8]:
+# calls, requests, prompt and completion tokens, cost, cloud cost; then pairs of (table, row name).
+# Returns the totals' cost and cloud cost after the increment (for the savings gauge). An answer
+# whose mark is set was booked already (a run the proxy gave up on, applied when Redis caught up):
+# nothing is added again.
 _ADD = """
 local key, sep = KEYS[1], '\\31'
 local cap, ttl = tonumber(ARGV[1]), ARGV[2]
+local function totals()
+  return {redis.call('HGET', key, 'totals' .. sep .. 'cost_usd') or '0', redis.call('HGET', key, 'totals' .. sep .. 'cloud_cost_usd') or '0'}
+end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[9]) then return totals() end
 local ints = {{'calls', ARGV[3]}, {'requests', ARGV[4]}, {'prompt_tokens', ARGV[5]}, {'completion_tokens', ARGV[6]}}
 local floats = {{'cost_usd', ARGV[7]}, {'cloud_cost_usd', ARGV[8]}}
 local function add(row)
@@ -37,7 +43,7 @@ local function add(row)
   end
 end
 add('totals')
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   local table_, name = ARGV[i], ARGV[i + 1]
   local row = table_ .. sep .. name
   if redis.call('HEXISTS', key, row .. sep .. 'calls') == 0 then
@@ -51,13 +57,16 @@ for i = 9, #ARGV, 2 do
   add(row)
 end
 redis.call('EXPIRE', key, ttl)
-return {redis.call('HGET', key, 'totals' .. sep .. 'cost_usd') or '0', redis.call('HGET', key, 'totals' .. sep .. 'cloud_cost_usd') or '0'}
+return totals()
 """
+# How long an answer's booked mark is kept: the queue books it again within seconds of Redis
+# answering, which is also when Redis applies a run the proxy gave up on.
+BOOKED_MARK_SECONDS = 600
 
 
 class TallyStore(Protocol):
-    async def add(self, charge: Charge) -> Tally:
-        """Book one answer; returns the totals after it."""
+    async def add(self, charge: Charge, answer: str) -> Tally:
+        """Book one answer (`answer`: its id; booked once however often it is sent); returns the totals after it."""
         ...
 
     async def read(self) -> Books: ...
@@ -69,7 +78,8 @@ class DocumentTallies:
     def __init__(self, store: Store[Books]) -> None:
         self._store = store
 
-    async def add(self, charge: Charge) -> Tally:
+    async def add(self, charge: Charge, answer: str) -> Tally:
+        # In memory or SQLite an update is applied or not: no run given up on is applied later.
         return await self._store.update(BOOKS_KEY, lambda books: (books.add(charge), books.totals.model_copy()))
 
     async def read(self) -> Books:
@@ -91,6 +101,7 @@ def _arguments(charge: Charge) -> list[Any]:
         charge.completion_tokens if counted else 0,
         repr(float(charge.cost)),
         repr(float(charge.cloud_cost)),
+        BOOKED_MARK_SECONDS,
         *[part for row in charge.rows() for part in row],
     ]
 
@@ -122,9 +133,10 @@ class RedisTallies:
     def __init__(self, link: RedisLink, namespace: str = BOOKS_KEY) -> None:
         self._link = link
         self._key = f"{REDIS_KEY_PREFIX}{namespace}:{BOOKS_KEY}:tallies"
+        self._marks = f"{REDIS_KEY_PREFIX}{namespace}:{BOOKS_KEY}:booked:"
 
-    async def add(self, charge: Charge) -> Tally:
-        cost, cloud_cost = await self._link.run(_ADD_SCRIPT, [self._key], _arguments(charge))
+    async def add(self, charge: Charge, answer: str) -> Tally:
+        cost, cloud_cost = await self._link.run(_ADD_SCRIPT, [self._key, self._marks + answer], _arguments(charge))
         return Tally(cost_usd=float(cost), cloud_cost_usd=float(cloud_cost))
 
     async def read(self) -> Books:

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from glm_saver.books.history import History, RedisMinutes, Slot
-from glm_saver.books.ledger import MAX_ROWS, OTHER, Books, Charge
+from glm_saver.books.ledger import MAX_ROWS, OTHER, Books, Charge, answer_id
 from glm_saver.books.store import MAX_WATCH_RETRIES, MemoryStore, RedisLink, RedisStore, StoreUnavailable
 from glm_saver.books.tallies import RedisTallies
 from tests.e2e.redis_server import running_redis
@@ -47,7 +47,7 @@ def test_the_hash_books_what_the_document_books(redis_url: str) -> None:
         tallies = RedisTallies(RedisLink(redis_url))
         document = Books()
         for charge in (CHARGE, _charge("bob"), Charge("local", "local", "smart_routing", "bob", "draft", 7, 3, 0.0, 0.0, counts_tokens=False)):
-            await tallies.add(charge)
+            await tallies.add(charge, answer_id())
             document.add(charge)
         return await tallies.read(), document
 
@@ -60,13 +60,26 @@ def test_the_hash_books_what_the_document_books(redis_url: str) -> None:
             assert from_redis.view()[table][name] == pytest.approx(row)
 
 
+def test_an_answer_sent_again_is_booked_once(redis_url: str) -> None:
+    """A run the proxy gave up on, applied when Redis caught up, and then the same answer from the queue."""
+
+    async def book() -> Books:
+        tallies = RedisTallies(RedisLink(redis_url))
+        again = answer_id()
+        for answer in (again, again, answer_id()):
+            await tallies.add(CHARGE, answer)
+        return await tallies.read()
+
+    assert asyncio.run(book()).totals.calls == 2
+
+
 def test_an_answer_costs_one_command_on_the_server_side_of_one_round_trip(redis_url: str) -> None:
     async def book() -> None:
         tallies = RedisTallies(RedisLink(redis_url))
-        await tallies.add(CHARGE)  # loads the script once (EVALSHA answers NOSCRIPT, then EVAL)
+        await tallies.add(CHARGE, answer_id())  # loads the script once (EVALSHA answers NOSCRIPT, then EVAL)
         before = redis.Redis.from_url(redis_url).info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
         for _ in range(5):
-            await tallies.add(CHARGE)
+            await tallies.add(CHARGE, answer_id())
         after = redis.Redis.from_url(redis_url).info("commandstats")["cmdstat_evalsha"]["calls"]
         assert after - before == 5
 
@@ -79,8 +92,8 @@ def test_tables_are_capped_and_fold_new_names_into_other(redis_url: str) -> None
     async def book() -> Books:
         tallies = RedisTallies(RedisLink(redis_url))
         for key in keys:
-            await tallies.add(_charge(key))
-        await tallies.add(_charge(keys[0]))  # a name with its own row keeps it
+            await tallies.add(_charge(key), answer_id())
+        await tallies.add(_charge(keys[0]), answer_id())  # a name with its own row keeps it
         return await tallies.read()
 
     from_redis = asyncio.run(book())
@@ -150,11 +163,11 @@ def test_updates_started_together_share_one_round_trip(redis_url: str) -> None:
     async def run() -> int:
         store = RedisStore(Books, redis_url, "books")  # on this process's one link to the URL
         tallies, minutes = RedisTallies(store.link), RedisMinutes(store.link, 60)
-        work = (tallies.add(CHARGE), minutes.add(START, {"requests": 1}), store.update("a", _add), store.update("b", _add))
+        work = (tallies.add(CHARGE, answer_id()), minutes.add(START, {"requests": 1}), store.update("a", _add), store.update("b", _add))
         await asyncio.gather(*work)  # loads the scripts
         counter = redis.Redis.from_url(redis_url)
         before = _reads(counter)
-        await asyncio.gather(tallies.add(CHARGE), minutes.add(START, {"requests": 1}), store.update("a", _add), store.update("b", _add))
+        await asyncio.gather(tallies.add(CHARGE, answer_id()), minutes.add(START, {"requests": 1}), store.update("a", _add), store.update("b", _add))
         return _reads(counter) - before - 1  # the second INFO is read too
 
     assert asyncio.run(run()) == 1

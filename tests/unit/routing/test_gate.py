@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from glm_saver.books.budgets import HOLD_SECONDS, BudgetBook, BudgetUse
+from glm_saver.books.budgets import CHARGES_KEPT, HOLD_SECONDS, BudgetBook, BudgetUse
 from glm_saver.books.headroom import CloudHeadroom, Quota
+from glm_saver.books.ledger import answer_id
 from glm_saver.books.store import MemoryStore, StoreUnavailable
 from glm_saver.deployments import Prices
 from glm_saver.routing.gate import CloudGate, Refusal, Ticket
@@ -98,6 +99,18 @@ def test_settling_a_ticket_replaces_its_hold_by_the_real_cost() -> None:
     asyncio.run(budgets.charge("alice", 0.05, ticket.id))
     described = asyncio.run(budgets.describe())["global"]
     assert (described["held_usd"], round(described["spent_usd"], 9)) == (0, 0.05)
+
+
+def test_an_answer_charged_again_is_charged_once_while_it_is_among_the_latest_charged() -> None:
+    clock = Clock(JAN_31)
+    _, budgets = _gate(_settings(limit=1.0), clock)
+    first = answer_id()
+    for answer in (first, first, *(answer_id() for _ in range(CHARGES_KEPT - 1)), first):
+        asyncio.run(budgets.charge("alice", 0.001, None, answer))
+    assert round(asyncio.run(budgets.describe())["global"]["spent_usd"], 9) == round(0.001 * CHARGES_KEPT, 9)
+    asyncio.run(budgets.charge("alice", 0.001, None, answer_id()))  # the first answer leaves the latest CHARGES_KEPT
+    asyncio.run(budgets.charge("alice", 0.001, None, first))
+    assert round(asyncio.run(budgets.describe())["global"]["spent_usd"], 9) == round(0.001 * (CHARGES_KEPT + 2), 9)
 
 
 def test_a_failed_call_gives_its_hold_back() -> None:
