@@ -256,7 +256,8 @@ class GlmSaver(CustomLogger):
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         """Every chat/text call to a paid group goes with the gate's ticket or not at all; a prompt
         too big for the local window never reaches it, whatever hop LiteLLM is on."""
-        if getattr(call_type, "value", call_type) not in GOVERNED_CALL_TYPES:
+        kind = getattr(call_type, "value", call_type)
+        if kind not in GOVERNED_CALL_TYPES:
             return None
         _drop_governed_extra_body(kwargs)
         metadata = kwargs.get("metadata")
@@ -285,7 +286,7 @@ class GlmSaver(CustomLogger):
         kwargs[name] = min(asked, ticket.max_tokens) if isinstance(asked, int) else ticket.max_tokens
         for several in ("n", "best_of"):  # the ticket holds one answer; a client's allowed_openai_params would let n through
             kwargs.pop(several, None)
-        self._fit_for_cerebras(kwargs, str(group), text=getattr(call_type, "value", call_type) in TEXT_CALL_TYPES)
+        self._fit_for_cerebras(kwargs, str(group), text=kind in TEXT_CALL_TYPES)
         return kwargs
 
     async def _give_back_earlier_hop(self, metadata: dict[str, Any], group: str, depth: int) -> None:
@@ -297,10 +298,7 @@ class GlmSaver(CustomLogger):
         if not isinstance(held, Mapping) or (held.get("group"), held.get("depth")) == (group, depth):
             return
         metadata.pop(TICKET_KEY)
-        try:
-            await self.gate.give_back(Ticket.model_validate(held))
-        except StoreUnavailable as err:
-            logger.error("glm_saver: an earlier hop's holds were not given back: %s (they expire on their own)", err)
+        await self.gate.give_back(Ticket.model_validate(held), "an earlier hop's")
 
     def _fit_for_cerebras(self, kwargs: dict[str, Any], group: str, text: bool) -> None:
         """What Cerebras would refuse or miss: reasoning fields on the history's assistant turns

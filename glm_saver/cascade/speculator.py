@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from glm_saver import proxy
-from glm_saver.books.store import StoreUnavailable
 from glm_saver.callers import caller_label
 from glm_saver.cascade.live import LiveDraft, close_all
 from glm_saver.cascade.scoring import DraftFacts, Score, best_draft, score_drafts
@@ -467,12 +466,8 @@ class Speculator:
     async def _give_back(self, ticket: Ticket | None) -> None:
         """A paid call given up at its timeout is cancelled inside LiteLLM, where no failure hook
         runs for it: what its ticket holds is given back here (once, whoever else settles it)."""
-        if ticket is None or self._cloud_gate is None:
-            return
-        try:
-            await self._cloud_gate.give_back(ticket)
-        except StoreUnavailable as err:
-            logger.error("glm_saver: a timed-out call's holds were not given back: %s (they expire on their own)", err)
+        if ticket is not None and self._cloud_gate is not None:
+            await self._cloud_gate.give_back(ticket, "a timed-out call's")
 
     # -- verify ---------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ code. A store that cannot be reached refuses (money is safe), it never waves a c
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from glm_saver.books.headroom import Admission, CloudHeadroom, Reservation
 from glm_saver.books.store import StoreUnavailable
 from glm_saver.deployments import Prices
 from glm_saver.settings import RateLimitSettings
+
+logger = logging.getLogger(__name__)
 
 # Metadata key under which a call carries its ticket.
 TICKET_KEY = "glm_saver_ticket"
@@ -137,11 +140,17 @@ class CloudGate:
             admission = await self.headroom.admit(tokens, group)
         return admission
 
-    async def give_back(self, ticket: Ticket) -> None:
-        """A call that is over without an answer: its headroom and its holds are free again (once)."""
-        if self.settled.first(ticket):
+    async def give_back(self, ticket: Ticket, whose: str) -> None:
+        """A call that is over without an answer (`whose`, for the log): its headroom and its holds
+        are free again, once. With the store down they stay until they expire: settled all the same,
+        so no later path gives them back twice."""
+        if not self.settled.first(ticket):
+            return
+        try:
             await self._release_headroom(ticket)
             await self._budgets.release(ticket.key, ticket.id)
+        except StoreUnavailable as err:
+            logger.error("glm_saver: %s holds were not given back: %s (they expire on their own)", whose, err)
 
     async def _release_headroom(self, ticket: Ticket) -> None:
         if self.headroom is not None and ticket.reservation is not None:
